@@ -1,9 +1,17 @@
 """Bottom-up and top-down networks and the full autoencoder (model.md sections 3.6-4)."""
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from efficient_vdvae_torch.model.latents import GaussianLatentLayer
 from efficient_vdvae_torch.model.layers import Conv2d, PoolLayer, ResidualConvCell, UnpoolLayer
+
+
+def _call(module, use_checkpoint, *args):
+    """module(*args), recomputing its activations in backward when `use_checkpoint`."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 def _cells(block, init_scale, use_1x1_conv, width):
@@ -101,14 +109,15 @@ class BottomUp(nn.Module):
         self.levels_up = nn.ModuleList(pre_levels)
         self.levels_up_downsample = nn.ModuleList(downsample)
         self.input_conv = input_conv
+        self.checkpoint_blocks = False
 
     def forward(self, x):
         x = self.input_conv(x)
         skips = []
         for pre, down in zip(self.levels_up, self.levels_up_downsample):
             for block in pre:
-                x, _ = block(x)
-            x, skip = down(x)
+                x, _ = _call(block, self.checkpoint_blocks, x)
+            x, skip = _call(down, self.checkpoint_blocks, x)
             skips.append(skip)
         return skips[::-1]
 
@@ -129,6 +138,7 @@ class TopDown(nn.Module):
         self.levels_down = nn.ModuleList(extras)
         self.levels_down_upsample = nn.ModuleList(upsample)
         self.output_conv = Conv2d(arch.down_levels[-1][0].filters, arch.output_channels, arch.output_kernel_size)
+        self.checkpoint_blocks = False
 
     def blocks(self):
         """LevelBlockDown modules in latent-layer order, with their level index."""
@@ -147,7 +157,7 @@ class TopDown(nn.Module):
         for layer, (level, block) in enumerate(self.blocks()):
             mask = None if variate_masks is None else variate_masks[layer]
             eps = None if noise is None else noise[layer]
-            y, post, prior = block(skips[level], y, mask, eps)
+            y, post, prior = _call(block, self.checkpoint_blocks, skips[level], y, mask, eps)
             posteriors.append(post)
             priors.append(prior)
         return self.output_conv(y), posteriors, priors

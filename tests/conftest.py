@@ -1,0 +1,32 @@
+"""Shared test fixtures: repository paths, the tiny configs, the shared reference folder."""
+from pathlib import Path
+
+import pytest
+
+from efficient_vdvae_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+EGS = REPO / "egs"
+REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def egs_config(name, *overrides):
+    """Load egs/<name>.cfg with optional 'section.key=value' overrides."""
+    return load_config(EGS / f"{name}.cfg", list(overrides))[0]
+
+
+@pytest.fixture
+def tiny_config():
+    return egs_config("tiny")
+
+
+@pytest.fixture
+def tiny_binarized_config():
+    return egs_config("tiny_binarized")
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    if not REFERENCE.is_dir():
+        pytest.skip(f"shared reference folder not found at {REFERENCE}")
+    return REFERENCE
