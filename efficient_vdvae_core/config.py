@@ -11,10 +11,11 @@ import difflib
 import math
 from dataclasses import dataclass
 
+from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.safe_eval import UnsafeValueError, parse_value
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem, reported to the user as one line (exit code 2)."""
 
 
@@ -65,6 +66,11 @@ class DataConfig:
     channels: int = field("int", choices=(1, 3))
     num_bits: float = field("float", low=1, high=8)
     random_horizontal_flip: bool = field("bool")
+    download_dir: str = field("str", "~/.cache/efficient_vdvae",
+                              doc="MNIST/CIFAR-10 downloads and decoded caches (~ expanded, relative to the cwd)")
+    decoded_cache: bool = field("bool", False,
+                                doc="decode imagenet/folder datasets once into a uint8 .npy memory map under "
+                                    "download_dir/decoded (pays off for small images, e.g. celebA 64, imagenet)")
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,13 @@ class TrainConfig:
     resume_from_ema: bool = field("bool")
     logging_interval_in_steps: int = field("int", low=1)
     checkpoint_and_eval_interval_in_steps: int = field("int", low=1)
+    mixed_precision: str = field("choice", "none", choices=("none", "bf16"),
+                                 doc="bf16 autocast of the networks on CUDA (losses stay float32)")
+    compile: bool = field("bool", False, doc="torch.compile the model for training")
+    activation_checkpointing: bool = field("bool", False, doc="recompute block activations in backward")
+    channels_last: bool = field("bool", False, doc="channels-last memory format for convolutions")
+    max_consecutive_skips: int = field("int", 100, low=0,
+                                       doc="stop when this many updates in a row were skipped (0: never)")
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,8 @@ def _is_number(v):
 
 
 def _check_bounds(value, meta):
+    if meta["kind"] in ("int", "float") and meta["choices"] is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}"
     low, high = meta["low"], meta["high"]
     if low is not None and (value < low or (meta["low_open"] and value == low)):
         return f"must be {'>' if meta['low_open'] else '>='} {low}"

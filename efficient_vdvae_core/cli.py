@@ -1,0 +1,42 @@
+"""Command-line plumbing shared by the entry points: common arguments and one-line user errors."""
+import argparse
+import inspect
+import sys
+
+from efficient_vdvae_core.errors import UserError
+
+
+def build_parser(description):
+    """An argparse parser with --config, --set (repeatable) and --workdir."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", metavar="PATH", default="hparams.cfg",
+                        help="config file (default: hparams.cfg in the current directory); for an existing "
+                             "run only its [run] name is used, the run's saved copy supplies the rest")
+    parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override one config value, e.g. --set train.batch_size=8; repeatable; applied "
+                             "on top of the saved copy for an existing run, without changing it")
+    parser.add_argument("--workdir", metavar="DIR", default=".",
+                        help="folder that holds the run folders logs-<name>/ and checkpoints-<name>/ "
+                             "(default: the current directory)")
+    return parser
+
+
+def run_main(main, argv=None, parser=None):
+    """Parse `argv` (default sys.argv[1:]) and return `main(args)`.
+
+    A UserError (bad config, bad argument, missing run) becomes `error: <message>` on stderr and
+    exit code 2, Ctrl-C becomes exit code 130, both without a traceback; other exceptions propagate.
+    `parser` defaults to `build_parser` with the first line of main's docstring as description.
+    """
+    if parser is None:
+        doc = inspect.getdoc(main)
+        parser = build_parser(doc.splitlines()[0] if doc else None)
+    try:
+        return main(parser.parse_args(argv))
+    except UserError as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

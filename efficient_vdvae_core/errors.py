@@ -1,0 +1,5 @@
+"""The error type for problems caused by the user's input (config, arguments, missing runs)."""
+
+
+class UserError(Exception):
+    """A problem caused by the user's input: reported as one line on stderr with exit code 2, no traceback."""

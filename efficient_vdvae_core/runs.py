@@ -1,0 +1,155 @@
+"""Run folders, atomic file writes, and choosing the config of a run (new or resumed).
+
+A run is named by `[run] name` and lives in two folders of the working directory:
+`logs-<name>/` (the saved config `hparams-<name>.cfg`, TensorBoard events, synthesis images,
+latents) and `checkpoints-<name>/`. The saved config is the run's identity: once it exists, it is
+what the run uses, whatever the file given on the command line says (pipeline.md 2.1-2.2).
+"""
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from efficient_vdvae_core.config import (ConfigError, build_config, differing_keys, parse_override,
+                                         parse_raw_text, read_raw, with_overrides)
+from efficient_vdvae_core.errors import UserError
+
+MODES = ("train", "inference")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every folder and file of one run."""
+    workdir: Path
+    logs: Path  # workdir/logs-<name>
+    checkpoints: Path  # workdir/checkpoints-<name>, a folder of numbered checkpoints
+    saved_config: Path  # logs/hparams-<name>.cfg
+    train_events: Path  # logs/train (TensorBoard)
+    val_events: Path  # logs/val (TensorBoard)
+    synthesis_images: Path  # logs/synthesis-images
+    latents: Path  # logs/latents (div_stats.npy, encodings)
+
+
+def run_paths(run_name, workdir="."):
+    """The RunPaths of run `run_name` under `workdir` (nothing is created)."""
+    if not run_name or any(c in run_name for c in "/\\\0") or run_name in (".", ".."):
+        raise UserError(f"invalid run name {run_name!r}: it must be non-empty and contain no slashes")
+    workdir = Path(workdir)
+    logs = workdir / f"logs-{run_name}"
+    return RunPaths(
+        workdir=workdir,
+        logs=logs,
+        checkpoints=workdir / f"checkpoints-{run_name}",
+        saved_config=logs / f"hparams-{run_name}.cfg",
+        train_events=logs / "train",
+        val_events=logs / "val",
+        synthesis_images=logs / "synthesis-images",
+        latents=logs / "latents",
+    )
+
+
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    Readers see either the old file or the complete new one; if anything fails, the temporary
+    file is removed and the old file is left untouched. A replaced file keeps its permissions; a
+    new one gets the usual permissions under the process umask.
+    """
+    path = Path(path)
+    old_mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    tmp, fd = _create_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if old_mode is not None:
+            os.chmod(tmp, old_mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _create_temporary(path):
+    """Create and open a new hidden file next to `path`; returns (its path, a write-only descriptor)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return tmp, os.open(tmp, flags, 0o666)  # the umask applies, as for a plain open()
+        except FileExistsError:
+            continue
+
+
+def atomic_write_text(path, text):
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder):
+    """Make a rename in `folder` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log=print):
+    """The Config and RunPaths of the run selected by `config_path` and `--set` overrides.
+
+    The given file (with the overrides) is fully validated first and names the run. If the run's
+    saved copy logs-<name>/hparams-<name>.cfg exists, the run resumes: the saved copy is loaded
+    instead, the overrides are applied on top of it (not written back), and the keys of the given
+    file that it ignores are logged. Otherwise mode "train" saves the given file, with the
+    overrides written into it, as the run's copy; mode "inference" writes nothing and raises
+    UserError. Raises ConfigError (a UserError) for a malformed given file or saved copy.
+    """
+    if mode not in MODES:
+        raise ValueError(f"resolve_run_config: mode must be one of {MODES}, got {mode!r}")
+    overrides = list(overrides)
+    given_raw = with_overrides(read_raw(config_path), overrides)
+    given = build_config(given_raw)
+    name = given.run.name
+    paths = run_paths(name, workdir)
+
+    if paths.saved_config.is_file():
+        saved_raw = with_overrides(read_raw(paths.saved_config), overrides)
+        config = build_config(saved_raw)
+        if config.run.name != name:
+            raise ConfigError(f"{paths.saved_config}: [run] name = {config.run.name} does not match its run "
+                              f"folder {paths.logs.name}; set name = {name} in that file")
+        log(f"Found existing {paths.saved_config}: resuming run '{name}' with its saved config.")
+        ignored = differing_keys(given, config)
+        if ignored:
+            log(f"Ignored keys of {config_path} that differ from the saved config: {', '.join(ignored)}")
+        if overrides:
+            applied = ", ".join(_override_label(text) for text in overrides)
+            log(f"Applied on top of the saved config (not written to it): {applied}")
+        return config, paths
+
+    if mode == "inference":
+        raise UserError(f"no run named '{name}' in {os.path.abspath(paths.workdir)} (expected "
+                        f"{paths.saved_config}); train it first, or pass --config/--set run.name=... "
+                        "for an existing run")
+    if build_config(parse_raw_text(given_raw.text, str(paths.saved_config))) != given:
+        raise AssertionError(f"the text to save as {paths.saved_config} does not read back to the same config")
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.saved_config, given_raw.text)
+    log(f"No existing config found. New run config saved in {paths.saved_config}")
+    return given, paths
+
+
+def _override_label(text):
+    section, key, value = parse_override(text)
+    return f"{section}.{key}={value}"
