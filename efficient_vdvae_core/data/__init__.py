@@ -1,0 +1,24 @@
+"""Framework-neutral datasets (NumPy + Pillow): readers, splits, bit reduction, normalisation.
+
+    ds = make_dataset(cfg.data, "train", seed=cfg.run.seed)
+    x = ds.load(i, numpy.random.default_rng([seed, epoch, i]))   # float32 (H, W, C)
+
+Modules: `dataset` (splits, preprocessing), `sources` (one reader per dataset_source), `stores` (array,
+digit and folder stores), `embedded` (offline skimage / sklearn data), `downloads` (MNIST, CIFAR-10),
+`cache` (optional decoded .npy cache).
+
+Fixes of the original's data defects:
+* splits are seeded and stable: val / div_stats subsets and training order depend only on `run.seed`
+  (the original used unseeded tf.data and the global NumPy RNG); MNIST / CIFAR-10 val/test halves keep
+  the original's fixed seed-101 shuffle;
+* no flips outside training (the original flipped CIFAR-10 test images during reconstruction);
+* float32 everywhere (the original's MNIST div_stats / encode returned float64 images);
+* file names (or '<source>_<index>') are available for every split and source (CIFAR-10 encode crashed);
+* MNIST div_stats / encode / val / test images are binarised (fixed per image), train is dynamic;
+* grayscale custom data works (`channels = 1` converts to 'L'; the original forced RGB);
+* folder datasets are read lazily per item; a missing, empty or malformed dataset is one clear error;
+* MNIST / CIFAR-10 download into `download_dir` with md5 checks and resume, no TensorFlow needed.
+"""
+from efficient_vdvae_core.data.dataset import SPLITS, ImageDataset, make_dataset
+
+__all__ = ["SPLITS", "ImageDataset", "make_dataset"]
