@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import torch
 
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.images import to_uint8
 from efficient_vdvae_torch.utils.distributed import all_reduce_sum
 from efficient_vdvae_torch.model.losses import LN2, vae_objective
 from efficient_vdvae_torch.model.sampling import sample_bernoulli, sample_mol
@@ -89,3 +90,10 @@ class MetricAccumulator:
                 "kl_per_layer_bits": layers.tolist(), "n_examples": int(count),
                 "active_groups": int((layers >= latent_active_threshold).sum().item())}
 
+
+def images_to_uint8(images, config):
+    """(B, C, H, W) torch images -> uint8 (B, H, W, C) NumPy; binarized 32x32 targets cropped to 28x28."""
+    arr = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    if is_binarized(config.data) and arr.shape[1] == 32:
+        arr = arr[:, 2:30, 2:30]
+    return to_uint8(arr, binarized=is_binarized(config.data))

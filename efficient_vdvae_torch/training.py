@@ -15,10 +15,11 @@ from tqdm import tqdm
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.errors import UserError
-from efficient_vdvae_core.images import make_grid, save_png, to_uint8
+from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.schedules import learning_rate
 from efficient_vdvae_torch.data.loaders import make_eval_loader, make_train_loader
-from efficient_vdvae_torch.evaluation import MetricAccumulator, evaluate_batch, latent_noise, output_samples, step_seed
+from efficient_vdvae_torch.evaluation import (MetricAccumulator, evaluate_batch, images_to_uint8, latent_noise,
+                                              output_samples, step_seed)
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.model.losses import LN2, effective_pixels, split_mol_logits, vae_objective
 from efficient_vdvae_torch.utils import checkpoint as ckpt
@@ -128,7 +129,7 @@ class Trainer:
         with self._autocast():
             logits, posteriors, priors = self.forward_model(images, None, noise)
         objective = vae_objective(logits.float(), images, posteriors, priors, cfg, step=step,
-                                  batch_size=images.shape[0])
+                                  batch_size=images.shape[0], gamma_stats_reduce=all_reduce_sum)
         self.optimizer.zero_grad(set_to_none=True)
         objective.loss.backward()
         norm = gradient_norm(self.params)
@@ -204,14 +205,6 @@ class Trainer:
         self.model.load_state_dict(state)
         self.model.train()
         return output_samples(logits.float(), self.config, generator=gen)
-
-
-def images_to_uint8(images, config):
-    """(B, C, H, W) torch images -> uint8 (B, H, W, C) NumPy; binarized 32x32 targets cropped to 28x28."""
-    arr = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    if is_binarized(config.data) and arr.shape[1] == 32:
-        arr = arr[:, 2:30, 2:30]
-    return to_uint8(arr, binarized=is_binarized(config.data))
 
 
 def log_evaluation(logger, trainer, split, metrics, first, train_metrics=None):

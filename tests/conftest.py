@@ -30,3 +30,10 @@ def reference_dir():
     if not REFERENCE.is_dir():
         pytest.skip(f"shared reference folder not found at {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run faster on one thread, and concurrent test processes do not oversubscribe the cores."""
+    import torch
+    torch.set_num_threads(1)

@@ -43,6 +43,31 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class _SiLUConv(torch.autograd.Function):
+    """conv2d(silu(x)) that saves only x: silu(x) is recomputed in backward (halves cell activations)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(F.silu(x), weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_act, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, F.silu(x), weight, [weight.shape[0]], [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [True, True, True])
+        return torch.ops.aten.silu_backward(grad_act, x), grad_w, grad_b, None
+
+
+def silu_conv(x, conv):
+    """conv(silu(x)); memory-efficient when gradients are needed and the padding is symmetric."""
+    if torch.is_grad_enabled() and conv._explicit_pad is None and conv.stride == (1, 1):
+        return _SiLUConv.apply(x, conv.weight, conv.bias, conv.padding)
+    return conv(F.silu(x))
+
+
 class ResidualConvCell(nn.Module):
     """Pre-activation bottleneck: SiLU-conv (1x1 or k) -> n_layers x SiLU-conv(k) -> SiLU-conv (1x1 or k).
 
@@ -66,7 +91,9 @@ class ResidualConvCell(nn.Module):
         self.residual = residual
 
     def forward(self, x):
-        y = self.convs(x)
+        y = x
+        for i in range(1, len(self.convs), 2):  # (SiLU, conv) pairs
+            y = silu_conv(y, self.convs[i])
         return x + y if self.residual else y
 
 
