@@ -20,7 +20,7 @@ def build_optimizer(model, opt_cfg):
     original's maths. Weight decay is applied separately (`apply_weight_decay`), AdamW-style.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = dict(lr=0.0, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.epsilon, weight_decay=0.0)
+    kwargs = dict(lr=0.0, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.epsilon, weight_decay=0.0, foreach=True)
     if opt_cfg.type == "Adamax":
         return torch.optim.Adamax(params, **kwargs)
     if opt_cfg.type == "Adam":
