@@ -6,9 +6,16 @@ import sys
 from efficient_vdvae_core.errors import UserError
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are UserErrors, so that run_main reports them in one line."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(description):
     """An argparse parser with --config, --set (repeatable) and --workdir."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = _OneLineParser(description=description)
     parser.add_argument("--config", metavar="PATH", default="hparams.cfg",
                         help="config file (default: hparams.cfg in the current directory); for an existing "
                              "run only its [run] name is used, the run's saved copy supplies the rest")

@@ -54,6 +54,11 @@ class RunConfig:
     max_allowed_checkpoints: int = field("int", low=1)
     device: str = field("choice", "auto", choices=("auto", "cpu", "cuda"),
                         doc="where to run: auto picks CUDA when available")
+    checkpoint_write_failure: str = field("choice", "stop", choices=("stop", "retry"),
+                                          doc="when a checkpoint cannot be written (disk full, I/O error): stop "
+                                              "with a one-line error, or retry checkpoint_write_retries times first")
+    checkpoint_write_retries: int = field("int", 3, low=0,
+                                          doc="retries of a failed checkpoint write with 'retry', after 2, 4, 8... s")
 
 
 @dataclass(frozen=True)
@@ -362,6 +367,8 @@ def read_raw(path):
         raise ConfigError(f"{path}: config file not found (pass --config PATH)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text config file (byte {exc.start} is not UTF-8)") from None
     return parse_raw_text(text, str(path))
 
 

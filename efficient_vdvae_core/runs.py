@@ -4,9 +4,13 @@ A run is named by `[run] name` and lives in two folders of the working directory
 `logs-<name>/` (the saved config `hparams-<name>.cfg`, TensorBoard events, synthesis images,
 latents) and `checkpoints-<name>/`. The saved config is the run's identity: once it exists, it is
 what the run uses, whatever the file given on the command line says (pipeline.md 2.1-2.2).
+A training run holds `logs-<name>/.lock` (see `RunLock`) so that a second training of the same run
+refuses to start instead of writing into the same folders.
 """
+import errno
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +109,109 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log=print):
+class RunLock:
+    """An exclusive lock on one run: `logs-<name>/.lock`, held with flock(2) on an open descriptor.
+
+    The kernel releases the lock when the holding process ends, however it ends (SIGKILL, OOM killer,
+    node reboot), so a lock left by a dead process never blocks the next start; the file's content,
+    `<pid>@<host>`, only names the holder in the refusal message. A clean release deletes the file, and
+    the logs folder too when acquiring created it and it is still empty, so a run refused before writing
+    anything leaves nothing behind. Works where flock works (local disks, NFSv4); Linux and macOS.
+
+        with RunLock(paths.logs):
+            ...  # only one process trains this run here
+    """
+
+    NAME = ".lock"
+    MAX_TRIES = 1000  # rounds of open + flock lost to processes releasing the lock at that moment
+
+    def __init__(self, logs_folder, log=print):
+        self.folder = Path(logs_folder)
+        self.path = self.folder / self.NAME
+        self.log = log
+        self.fd = None
+        self._created_folder = False
+
+    def acquire(self):
+        """Take the lock, or raise UserError naming the lock file and the process that holds it.
+
+        Where the file system has no locks (ENOLCK, e.g. NFS mounted with nolock), warn and go on unlocked.
+        """
+        import fcntl  # POSIX only: imported here so that the module loads everywhere
+        for _ in range(self.MAX_TRIES):
+            try:
+                self._created_folder = self._created_folder or not self.folder.is_dir()
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                continue  # the folder was removed by a process releasing the lock: make it again
+            except OSError as exc:
+                raise UserError(f"{self.path}: cannot create the run's lock file ({exc.strerror}); "
+                                "check --workdir") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise UserError(f"{self.path}: the run is in use by process {holder}; wait for it to end or "
+                                    "stop it (a lock left by a process that died is released automatically)") from None
+                self.log(f"warning: {self.path}: cannot lock it ({exc.strerror}); nothing stops a second training "
+                         "of this run in this folder")
+            if _same_file(fd, self.path):
+                self.fd = fd
+                break
+            os.close(fd)  # released and deleted by its holder between our open and flock: lock the new file
+        else:
+            raise UserError(f"{self.path}: could not take the lock in {self.MAX_TRIES} tries; try again")
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}@{socket.gethostname()}\n".encode())
+        except OSError:
+            pass  # the holder's name is only for the message of a refused start
+        return self
+
+    def release(self):
+        """Delete the lock file (and the logs folder if this lock created it and it is empty), then unlock."""
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+            if self._created_folder:
+                try:
+                    self.folder.rmdir()
+                except OSError:
+                    pass  # not empty: the run wrote something
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(fd):
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    if not text:
+        return "(unknown PID: it is starting)"
+    pid, _, host = text.partition("@")
+    return f"{pid} on host {host}" if host else pid
+
+
+def _same_file(fd, path):
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log=print, check=None):
     """The Config and RunPaths of the run selected by `config_path` and `--set` overrides.
 
     The given file (with the overrides) is fully validated first and names the run. If the run's
@@ -114,6 +220,8 @@ def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log
     file that it ignores are logged. Otherwise mode "train" saves the given file, with the
     overrides written into it, as the run's copy; mode "inference" writes nothing and raises
     UserError. Raises ConfigError (a UserError) for a malformed given file or saved copy.
+    `check(config, paths)`, if given, runs on the chosen config before anything is written (e.g. it
+    opens the datasets), so that a run refused by it leaves no saved copy behind.
     """
     if mode not in MODES:
         raise ValueError(f"resolve_run_config: mode must be one of {MODES}, got {mode!r}")
@@ -136,6 +244,8 @@ def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log
         if overrides:
             applied = ", ".join(_override_label(text) for text in overrides)
             log(f"Applied on top of the saved config (not written to it): {applied}")
+        if check is not None:
+            check(config, paths)
         return config, paths
 
     if mode == "inference":
@@ -144,8 +254,14 @@ def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log
                         "for an existing run")
     if build_config(parse_raw_text(given_raw.text, str(paths.saved_config))) != given:
         raise AssertionError(f"the text to save as {paths.saved_config} does not read back to the same config")
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths.saved_config, given_raw.text)
+    if check is not None:
+        check(given, paths)
+    try:
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.saved_config, given_raw.text)
+    except OSError as exc:
+        raise UserError(f"{exc.filename or paths.saved_config}: cannot save the run's config ({exc.strerror}); "
+                        "check --workdir and the free disk space") from None
     log(f"No existing config found. New run config saved in {paths.saved_config}")
     return given, paths
 

@@ -3,9 +3,19 @@
 One counter drives everything: `step` = the number of completed training iterations. Iteration
 `step` uses the learning rate, KL beta and gamma of `step` (0-based; skipped updates still advance
 it), its data batch and latent noise are functions of (seed, step), and a checkpoint written after
-it is `checkpoint_<step + 1>.pt`.
+it is `checkpoint_<step + 1>.pt`. So a run killed at any point and started again from its last
+complete checkpoint ends with the same parameters as a run never interrupted.
+
+Faults end the run with one line (a UserError, exit code 2), never with a half-written checkpoint:
+a checkpoint write that fails (disk full, I/O error) stops the run or is retried
+(`[run] checkpoint_write_failure`), a full disk while writing logs stops it, and so do
+`[train] max_consecutive_skips` skipped updates in a row (non-finite or too large gradients).
 """
+import errno
+import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +24,7 @@ from tqdm import tqdm
 
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.schedules import learning_rate
@@ -29,10 +40,42 @@ from efficient_vdvae_torch.utils.optim import (EMA, apply_weight_decay, build_op
                                                decayed_parameters, gradient_norm, set_learning_rate, should_skip)
 
 N_IMAGES = 8  # images per grid in TensorBoard and the samples PNG
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}  # the disk, not the code
 
 
 class TooManySkipsError(UserError):
     """Training stopped because too many consecutive updates were skipped."""
+
+
+def check_training_inputs(config, paths, init_checkpoint=None):
+    """Refuse, before anything of the run is written, data that cannot be read and weights that do not fit.
+
+    Opens the train and validation splits (a missing folder, an empty one, a file that is not an image,
+    too few images for the batch sizes: one line naming the key and the path). The train split of
+    'imagenet' without decoded_cache is loaded into memory when opened, so only its folder is checked
+    here. For a run without checkpoints, `init_checkpoint` (--from-checkpoint) must fit the model.
+    """
+    data = config.data
+    if data.dataset_source == "imagenet" and not data.decoded_cache:
+        folder = Path(os.path.expanduser(data.train_data_path)).absolute()
+        if not folder.is_dir():
+            raise UserError(f"[data] train_data_path = '{data.train_data_path}': folder {folder} not found; "
+                            "prepare the dataset (data_scripts/) or fix the path")
+    else:
+        train = make_dataset(data, "train", seed=config.run.seed)
+        if len(train) < config.train.batch_size:
+            raise UserError(f"the train split of {data.dataset_source} has {len(train)} images, fewer than "
+                            f"[train] batch_size = {config.train.batch_size}")
+    make_dataset(data, "val", seed=config.run.seed, n_samples=config.val.n_samples_for_validation)
+    if init_checkpoint is None or ckpt.list_checkpoints(paths.checkpoints) or paths.checkpoints.is_file():
+        return
+    state = ckpt.read_checkpoint(init_checkpoint)
+    with torch.device("meta"):
+        own = Autoencoder(build_architecture(config.model, config.data), config.model).state_dict()
+    problem = ckpt.mismatch_message(own, state["model_state_dict"])
+    if problem:
+        raise ckpt.CheckpointError(f"--from-checkpoint {init_checkpoint}: does not match the model of "
+                                   f"[run] name = {config.run.name}; {problem}")
 
 
 def build_training_model(config, device):
@@ -73,10 +116,15 @@ class Trainer:
     def _resume(self, init_checkpoint):
         if self.dist.is_main:
             ckpt.adopt_original_file(self.paths.checkpoints, log=self.log)
+            removed = ckpt.remove_temporaries(self.paths.checkpoints)
+            if removed:
+                self.log(f"Removed {len(removed)} incomplete checkpoint file(s) of an interrupted write: "
+                         + ", ".join(removed))
         barrier()
-        path, state = ckpt.latest_checkpoint(self.paths.checkpoints, map_location=self.device, log=self.log)
+        # Read on the CPU: a device out of memory must not pass for an unreadable file. Loading copies to the device.
+        path, state = ckpt.latest_checkpoint(self.paths.checkpoints, log=self.log)
         if state is None and init_checkpoint is not None:
-            state = ckpt.read_checkpoint(init_checkpoint, map_location=self.device)
+            state = ckpt.read_checkpoint(init_checkpoint)
             self._load_weights(state, init_checkpoint)
             self.log(f"Initialised weights from {init_checkpoint} (fine-tuning from step 0)")
             return
@@ -112,9 +160,12 @@ class Trainer:
                 "optimizer_state_dict": self.optimizer.state_dict(), "config": self.config.to_dict()}
 
     def save(self):
+        """Write checkpoint_<step>.pt (rank 0); a failed write retries or stops per [run] checkpoint_write_failure."""
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(self.paths.checkpoints, self.step, self.checkpoint_payload(),
-                                        keep=self.config.run.max_allowed_checkpoints)
+            run = self.config.run
+            path = ckpt.write_checkpoint(self.paths.checkpoints, self.step, self.checkpoint_payload(),
+                                         keep=run.max_allowed_checkpoints, on_failure=run.checkpoint_write_failure,
+                                         retries=run.checkpoint_write_retries, log=self.log)
             self.log(f"Saved checkpoint {path}")
 
     # ------------------------------------------------------------------------------------ steps
@@ -149,10 +200,17 @@ class Trainer:
         metrics = self._step_metrics(objective, norm_value, lr, skipped)
         limit = cfg.train.max_consecutive_skips
         if limit and self.consecutive_skips >= limit:
+            if math.isfinite(norm_value):
+                advice = ("lower [optimizer] learning_rate, raise gradient_skip_threshold or enable "
+                          "clip_gradient_norm (--set ... on the same command), then run it again to resume")
+            else:
+                advice = ("the loss or the gradients are NaN/inf, so the weights have probably diverged: lower "
+                          "[optimizer] learning_rate or enable clip_gradient_norm, and resume from a checkpoint "
+                          "written before the divergence (delete the newer ones)")
             raise TooManySkipsError(
                 f"stopped at step {self.step}: the last {limit} updates were all skipped (gradient norm "
-                f"{norm_value:.4g}, skip threshold {cfg.optimizer.gradient_skip_threshold}); lower the learning rate, "
-                "raise [optimizer] gradient_skip_threshold or enable clip_gradient_norm, then resume")
+                f"{norm_value:.4g}, skip threshold {cfg.optimizer.gradient_skip_threshold}, "
+                f"[train] max_consecutive_skips = {limit}); {ckpt.newest_intact(self.paths.checkpoints)}; {advice}")
         return metrics, logits
 
     def _autocast(self):
@@ -234,7 +292,23 @@ def _silent(*args, **kwargs):
 
 
 def run_training(config, paths, dist, log=print, init_checkpoint=None, progress=True):
-    """Train until train.total_train_steps, evaluating and checkpointing every checkpoint interval."""
+    """Train until train.total_train_steps, evaluating and checkpointing every checkpoint interval.
+
+    A full or failing disk (ENOSPC, EDQUOT, EIO, EROFS, EFBIG) ends the run with a UserError naming the
+    file; the checkpoints already written are intact.
+    """
+    try:
+        return _run_training(config, paths, dist, log, init_checkpoint, progress)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise UserError(f"{where}{ckpt.os_error_reason(exc)}, a disk problem; "
+                        f"{ckpt.newest_intact(paths.checkpoints)}; fix it and run the same command again to resume"
+                        ) from None
+
+
+def _run_training(config, paths, dist, log, init_checkpoint, progress):
     if not dist.is_main:
         log = _silent
     trainer = Trainer(config, paths, dist, log=log, init_checkpoint=init_checkpoint)

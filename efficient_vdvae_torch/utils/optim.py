@@ -58,8 +58,10 @@ def clip_gradients(params, max_norm, total_norm):
 
 
 def should_skip(norm, opt_cfg):
-    """Skip the update when skipping is on and the norm is non-finite or >= the threshold."""
-    return opt_cfg.gradient_skip and (not math.isfinite(norm) or norm >= opt_cfg.gradient_skip_threshold)
+    """Skip a non-finite update always, and one whose norm is >= the threshold when skipping is on."""
+    if not math.isfinite(norm):
+        return True
+    return opt_cfg.gradient_skip and norm >= opt_cfg.gradient_skip_threshold
 
 
 class EMA:

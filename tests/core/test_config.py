@@ -42,7 +42,8 @@ EGS_TABLE = {
     "ffhq1024_baseline": ("ffhq", 1024, 3, 8, 8, 8, 8, 1, 900000, 49, 72, 49, 8, 1000),
 }
 TINY = ("tiny", "tiny_binarized")
-ALL_CONFIGS = (*EGS_TABLE, *TINY)
+DEMO = ("cpu_demo",)
+ALL_CONFIGS = (*EGS_TABLE, *TINY, *DEMO)
 
 
 def read_reference(stem):

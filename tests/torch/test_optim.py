@@ -59,7 +59,8 @@ def test_clip_and_skip_rules():
     threshold = opt_cfg.gradient_skip_threshold
     assert should_skip(float("nan"), opt_cfg) and should_skip(math.inf, opt_cfg) and should_skip(threshold, opt_cfg)
     assert not should_skip(threshold * 0.99, opt_cfg)
-    assert not should_skip(math.inf, egs_config("tiny", "optimizer.gradient_skip=False").optimizer)
+    no_skip = egs_config("tiny", "optimizer.gradient_skip=False").optimizer
+    assert should_skip(math.inf, no_skip) and not should_skip(threshold * 10, no_skip)  # non-finite: always skipped
 
 
 def test_ema_update_and_state_dict():
