@@ -1,0 +1,130 @@
+"""Convolutions, residual bottleneck cells and the pooling/unpooling layers (model.md section 3). NHWC.
+
+Attribute names and list indices follow the PyTorch modules, so the nnx state path of every parameter
+is the torch state_dict name split at '.', with `weight` -> `kernel` (HWIO). Lists of sub-modules are
+plain Python lists (list positions become int path entries).
+
+All modules of the model are nnx graph nodes with `pytree=False`: they are used through the nnx graph
+API (nnx.split / merge / state / jit / grad), and skipping the per-attribute pytree checks makes
+building the big configs (thousands of parameters) about 2x faster, abstractly or not.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LEAKY_SLOPE = 0.1
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+class ParamKeys:
+    """Fresh parameter-init keys fold_in(key, 1), fold_in(key, 2), ...: a plain counter, cheap to trace.
+
+    (Drawing from an nnx.Rngs stream per parameter makes abstract evaluation of the large configs
+    about 20x slower: each draw updates a traced counter variable.)
+    """
+
+    def __init__(self, key):
+        self.key, self.count = key, 0
+
+    def __call__(self):
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count)
+
+
+def _uniform(key, shape, bound):
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def same_padding(kernel_size, stride):
+    """Per-axis (low, high) 'same' padding of the PyTorch model: total k - s, the odd pixel low (left/top)."""
+    return tuple(((k - s + 1) // 2, (k - s) // 2) for k, s in zip(kernel_size, stride))
+
+
+class Conv2d(nnx.Module, pytree=False):
+    """Conv with 'same' padding, xavier-uniform kernel (bound times `init_scale`) and zero bias.
+
+    With `default_init=True` it uses PyTorch's default initialisation instead (kernel and bias
+    U(+-1/sqrt(fan_in))), as the first conv of every residual cell. kernel (kh, kw, in, out), bias (out,).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, init_scale=1.0, default_init=False, *,
+                 keys):
+        kh, kw = _pair(kernel_size)
+        self.stride = _pair(stride)
+        shape = (kh, kw, in_channels, out_channels)
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        if default_init:
+            bound = 1.0 / math.sqrt(fan_in)
+            kernel = _uniform(keys(), shape, bound)
+            bias = _uniform(keys(), (out_channels,), bound)
+        else:
+            kernel = _uniform(keys(), shape, math.sqrt(6.0 / (fan_in + fan_out)) * init_scale)
+            bias = jnp.zeros((out_channels,), jnp.float32)
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(bias)
+
+    def __call__(self, x):
+        kernel = self.kernel[...]
+        y = jax.lax.conv_general_dilated(x, kernel, self.stride, same_padding(kernel.shape[:2], self.stride),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.bias[...]
+
+
+class ResidualConvCell(nnx.Module, pytree=False):
+    """Pre-activation bottleneck: SiLU-conv (1x1 or k) -> n_layers x SiLU-conv(k) -> SiLU-conv (1x1 or k).
+
+    `convs` holds the convs at odd indices 1, 3, 5, ... (even slots are parameter-free placeholders for
+    the SiLUs), matching the PyTorch names `convs.1`, `convs.3`, ...
+    """
+
+    def __init__(self, n_layers, in_filters, bottleneck_ratio, kernel_size, init_scale, use_1x1_conv,
+                 residual=True, output_ratio=1.0, *, keys):
+        if residual and output_ratio != 1.0:
+            raise ValueError("a residual cell must keep its width (output_ratio 1)")
+        mid = int(in_filters * bottleneck_ratio)
+        out = int(in_filters * output_ratio)
+        edge_kernel = 1 if use_1x1_conv else kernel_size
+        convs = [None, Conv2d(in_filters, mid, edge_kernel, default_init=True, keys=keys)]
+        for _ in range(n_layers):
+            convs += [None, Conv2d(mid, mid, kernel_size, keys=keys)]
+        convs += [None, Conv2d(mid, out, edge_kernel, init_scale=init_scale, keys=keys)]
+        self.convs = convs
+        self.residual = residual
+
+    def __call__(self, x):
+        y = x
+        for i in range(1, len(self.convs), 2):
+            y = self.convs[i](jax.nn.silu(y))
+        return x + y if self.residual else y
+
+
+class PoolLayer(nnx.Module, pytree=False):
+    """Strided conv (kernel = stride) then LeakyReLU(0.1): bottom-up downsampling. Conv at `ops[0]`."""
+
+    def __init__(self, in_filters, filters, stride, *, keys):
+        self.ops = [Conv2d(in_filters, filters, stride, stride=stride, keys=keys)]
+
+    def __call__(self, x):
+        return jax.nn.leaky_relu(self.ops[0](x), LEAKY_SLOPE)
+
+
+class UnpoolLayer(nnx.Module, pytree=False):
+    """1x1 conv, LeakyReLU(0.1), nearest upsampling by `stride`, plus a per-position trainable bias.
+
+    `scale_bias` (1, R, R, filters) is created here, zero, with R the output resolution.
+    """
+
+    def __init__(self, in_filters, filters, stride, out_resolution, *, keys):
+        self.scale_bias = nnx.Param(jnp.zeros((1, out_resolution, out_resolution, filters), jnp.float32))
+        self.ops = [Conv2d(in_filters, filters, 1, keys=keys)]
+        self.stride = stride
+
+    def __call__(self, x):
+        y = jax.nn.leaky_relu(self.ops[0](x), LEAKY_SLOPE)
+        y = jnp.repeat(jnp.repeat(y, self.stride, axis=1), self.stride, axis=2)  # nearest neighbour
+        return y + self.scale_bias[...]

@@ -1,0 +1,66 @@
+"""Print the model layout and trainable parameter count of a config, without allocating weights.
+
+    python -m efficient_vdvae_jax.summary --config egs/cifar10_baseline.cfg [--keys]
+"""
+import math
+
+import jax
+from flax import nnx
+
+from efficient_vdvae_core.architecture import build_architecture
+from efficient_vdvae_core.cli import build_parser, run_main
+from efficient_vdvae_core.config import load_config
+from efficient_vdvae_jax.model.autoencoder import Autoencoder
+
+
+def describe_architecture(arch):
+    """Human-readable lines, one per level, of the bottom-up and top-down networks."""
+    lines = [f"input: {arch.input_channels} channels -> input_conv {arch.input_filters} filters"]
+    for i, (pre, down) in enumerate(arch.up_levels):
+        lines.append(f"up   level {i:3d}: {down.resolution:4d}x{down.resolution:<4d} width {down.in_filters:4d} "
+                     f"blocks {len(pre) + 1} stride {down.stride} -> {down.filters} (skip {down.skip_filters})")
+    for i, (up, extras) in enumerate(arch.down_levels):
+        layers = f"{up.layer}" if not extras else f"{up.layer}-{extras[-1].layer}"
+        lines.append(f"down level {i:3d}: {up.resolution:4d}x{up.resolution:<4d} width {up.width:4d} "
+                     f"stride {up.stride} latent layers {layers} ({up.latent_variates} variates)")
+    lines.append(f"latent layers: {arch.n_latent_layers}, top {arch.top_resolution}x{arch.top_resolution}, "
+                 f"output: {'MoL' if arch.use_mol else 'Bernoulli'} {arch.output_channels} channels")
+    return lines
+
+
+def abstract_params(arch, model_cfg):
+    """[(path tuple, shape)] of every parameter, by abstract evaluation (nothing allocated)."""
+    paths = []
+
+    def params():
+        flat = nnx.to_flat_state(nnx.state(Autoencoder(arch, model_cfg, rngs=nnx.Rngs(0)), nnx.Param))
+        paths.extend(path for path, _ in flat)
+        return [v[...] for _, v in flat]
+    return [(path, tuple(v.shape)) for path, v in zip(paths, jax.eval_shape(params))]
+
+
+def param_listing(params):
+    """`path (shape)` lines, path '/'-joined (kernels HWIO), in the format of the reference listings."""
+    def shape(s):
+        dims = ", ".join(str(d) for d in s)
+        return f"({dims},)" if len(s) == 1 else f"({dims})"
+    return [f"{'/'.join(str(p) for p in path)} {shape(s)}" for path, s in params]
+
+
+def main(args):
+    config, _ = load_config(args.config, args.overrides)
+    arch = build_architecture(config.model, config.data)
+    params = abstract_params(arch, config.model)
+    lines = param_listing(params) if args.keys else describe_architecture(arch)
+    print("\n".join(lines))
+    print(f"trainable parameters: {sum(math.prod(s) for _, s in params)}")
+
+
+def parser():
+    p = build_parser(__doc__.strip().splitlines()[0])
+    p.add_argument("--keys", action="store_true", help="list the parameters as 'path (shape)'")
+    return p
+
+
+if __name__ == "__main__":
+    run_main(main, parser=parser())
