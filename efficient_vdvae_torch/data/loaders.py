@@ -1,11 +1,9 @@
 """Torch loaders over the core datasets: an endless, resumable training stream and sharded eval loaders.
 
-The data of a training step is a pure function of (seed, global step): step s belongs to epoch
-e = s // steps_per_epoch, whose order is `default_rng([seed, e]).permutation(N)`; the global batch of the
-step is the k-th slice of it (k = s % steps_per_epoch) and rank r of W takes its elements r, r + W, ...
-Each image's augmentation uses `default_rng([seed, e, index])`. So the union over ranks equals the
-one-process batch, any number of workers gives the same tensors, and resuming at a step continues the
-same stream. Batches are float32 NCHW tensors.
+The data of a training step is a pure function of (seed, global step), defined once for both frameworks
+in `efficient_vdvae_core.data.stream`; rank r of W takes the elements r, r + W, ... of each global batch.
+So the union over ranks equals the one-process batch, any number of workers gives the same tensors, and
+resuming at a step continues the same stream. Batches are float32 NCHW tensors.
 """
 import os
 
@@ -14,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from efficient_vdvae_core.data import make_dataset
+from efficient_vdvae_core.data.stream import TrainIndexStream, item_rng
 from efficient_vdvae_core.errors import UserError
 
 
@@ -36,7 +35,7 @@ class TorchImages(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = item_rng(self.seed, epoch, index)
         image = torch.from_numpy(np.ascontiguousarray(self.images.load(index, rng).transpose(2, 0, 1)))
         return (image, self.images.name(index)) if self.with_names else image
 
@@ -61,14 +60,9 @@ class TrainBatchSampler:
         self.steps_per_epoch = n_images // global_batch
 
     def __iter__(self):
-        step, epoch, order = self.start_step, None, None
-        while True:
-            e, k = divmod(step, self.steps_per_epoch)
-            if e != epoch:
-                epoch, order = e, np.random.default_rng([self.seed, e]).permutation(self.n_images)
-            batch = order[k * self.global_batch:(k + 1) * self.global_batch]
-            yield [(int(i), epoch) for i in batch[self.rank::self.world_size]]
-            step += 1
+        stream = TrainIndexStream(self.n_images, self.global_batch, seed=self.seed, start_step=self.start_step)
+        for keys in stream:
+            yield keys[self.rank::self.world_size]
 
 
 class TrainStream:

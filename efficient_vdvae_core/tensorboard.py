@@ -1,0 +1,71 @@
+"""A framework-neutral TensorBoard event writer (NumPy + Pillow + the tensorboard package's protobufs).
+
+    writer = EventWriter("logs-run/train")
+    writer.scalar("Losses/nelbo", 3.1, step)
+    writer.histogram("Distributions/output", values, step, bins=20)
+    writer.image("Images/Original", uint8_hwc, step)
+    writer.close()
+
+The files are the same `events.out.tfevents.*` records that `torch.utils.tensorboard.SummaryWriter` and
+TensorFlow write, readable by TensorBoard and `event_accumulator.EventAccumulator`.
+"""
+import io
+import time
+
+import numpy as np
+from PIL import Image
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def histogram_proto(values, bins):
+    """HistogramProto of `values` over `bins` equal-width buckets between their min and max."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return HistogramProto(min=0.0, max=0.0, num=0, sum=0.0, sum_squares=0.0, bucket_limit=[0.0], bucket=[0.0])
+    low, high = float(values.min()), float(values.max())
+    counts, edges = np.histogram(values, bins=bins, range=(low, high + 1e-12 if high == low else high))
+    return HistogramProto(min=low, max=high, num=int(values.size), sum=float(values.sum()),
+                          sum_squares=float(np.dot(values, values)), bucket_limit=edges[1:].tolist(),
+                          bucket=counts.astype(np.float64).tolist())
+
+
+def image_proto(image):
+    """Summary.Image of one uint8 (H, W, C) image, C in {1, 3, 4}, PNG-encoded."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image summaries need a uint8 (H, W, C) array with C in 1, 3, 4; got {image.dtype} "
+                         f"{image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    h, w, c = image.shape
+    return Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=buffer.getvalue())
+
+
+class EventWriter:
+    """Scalars, histograms and images of one TensorBoard run folder."""
+
+    def __init__(self, logdir):
+        self.logdir = str(logdir)
+        self._writer = EventFileWriter(self.logdir)
+
+    def _add(self, step, value):
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=[value])))
+
+    def scalar(self, tag, value, step):
+        self._add(step, Summary.Value(tag=tag, simple_value=float(value)))
+
+    def histogram(self, tag, values, step, bins):
+        self._add(step, Summary.Value(tag=tag, histo=histogram_proto(values, bins)))
+
+    def image(self, tag, image, step):
+        """One uint8 (H, W, C) image."""
+        self._add(step, Summary.Value(tag=tag, image=image_proto(image)))
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()

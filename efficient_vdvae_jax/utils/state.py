@@ -1,0 +1,27 @@
+"""The model as pytrees: an nnx model split into (graphdef, params, rest) and the TrainState dict.
+
+Parameters travel as a pure nested dict of arrays whose paths are the torch state_dict names split at
+'.' (list indices as ints, `weight` -> `kernel`): the form that jit, Orbax and the converter share.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def split_model(model):
+    """(graphdef, params as a pure dict of arrays, the rest of the nnx state)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), rest
+
+
+def merge_model(graphdef, params, rest):
+    """The nnx model of `graphdef` with `params` (a pure dict of arrays) and its other state `rest`."""
+    return nnx.merge(graphdef, nnx.State(params), rest)
+
+
+def init_state(params, tx):
+    """A fresh TrainState: a dict of params, EMA params (a copy), optimizer state and int32 counters."""
+    def zero():
+        return jnp.zeros([], jnp.int32)
+    return {"params": params, "ema": jax.tree.map(jnp.array, params), "opt_state": tx.init(params),
+            "step": zero(), "skips": zero(), "consecutive_skips": zero()}
