@@ -11,30 +11,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.metrics import (LN2, MNIST_CROP, MNIST_SIZE, effective_pixels, nats_per_dim_to_report,  # noqa: F401
+                                          num_classes, pixel_range, report_unit_name)
 from efficient_vdvae_jax.model.latents import softplus
 
-LN2 = math.log(2.0)
 CDF_DELTA_THRESHOLD = 1e-5  # interior pixels with less bin mass use the density at the bin centre
-MNIST_CROP = slice(2, 30)  # the 28x28 digit inside the zero-padded 32x32 input
-MNIST_SIZE = 28
-
-
-def pixel_range(num_bits):
-    """(min_pix, max_pix) in float64: the normalised values of pixels 0 and 255 at `num_bits` (model.md 2)."""
-    step = 2.0 ** (8 - num_bits)
-    top = math.floor(255 / step) * step
-    return -1.0, (top - 127.5) / 127.5
-
-
-def num_classes(num_bits):
-    """2^num_bits - 1; the MoL loss uses a half-bin width of 1 / num_classes (5-bit quirk kept)."""
-    return 2.0 ** num_bits - 1.0
-
-
-def effective_pixels(data):
-    """Data dimensions E per example for a DataConfig: 28*28*C for binarized digits, else R*R*C."""
-    side = MNIST_SIZE if is_binarized(data) else data.target_res
-    return side * side * data.channels
 
 
 def split_mol_logits(logits, num_mixtures):
@@ -235,16 +216,6 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, b
         kl_per_layer_nats_per_dim=sg(kl_per_layer), kl_per_layer_bits_per_latent=sg(kl_per_latent) / LN2,
         recon_per_example_nats=sg(recon_per_example), kl_per_example_nats=sg(kl_per_example_layer.sum(axis=1)),
         gamma_weights=weights, beta=beta, effective_pixels=n_dims, binarized=binarized)
-
-
-def report_unit_name(binarized):
-    """'nats/image' for binarized digits, 'bits/dim' for all image data (pipeline.md 6.5)."""
-    return "nats/image" if binarized else "bits/dim"
-
-
-def nats_per_dim_to_report(value, *, binarized, effective_pixels):
-    """Convert a value in nats/dim (float or array) to the reported unit (bits/dim or nats/image)."""
-    return value * effective_pixels if binarized else value / LN2
 
 
 @struct.dataclass
