@@ -173,3 +173,18 @@ def _check_mid(ratio, width, key, level):
 def unpool_bias_shape(block):
     """Shape (1, C, H, W) of the unpool `scale_bias` of a DownBlock with stride > 1 (NCHW)."""
     return (1, block.filters, block.resolution, block.resolution)
+
+
+def describe_architecture(arch):
+    """Human-readable lines, one per level, of the bottom-up and top-down networks."""
+    lines = [f"input: {arch.input_channels} channels -> input_conv {arch.input_filters} filters"]
+    for i, (pre, down) in enumerate(arch.up_levels):
+        lines.append(f"up   level {i:3d}: {down.resolution:4d}x{down.resolution:<4d} width {down.in_filters:4d} "
+                     f"blocks {len(pre) + 1} stride {down.stride} -> {down.filters} (skip {down.skip_filters})")
+    for i, (up, extras) in enumerate(arch.down_levels):
+        layers = f"{up.layer}" if not extras else f"{up.layer}-{extras[-1].layer}"
+        lines.append(f"down level {i:3d}: {up.resolution:4d}x{up.resolution:<4d} width {up.width:4d} "
+                     f"stride {up.stride} latent layers {layers} ({up.latent_variates} variates)")
+    lines.append(f"latent layers: {arch.n_latent_layers}, top {arch.top_resolution}x{arch.top_resolution}, "
+                 f"output: {'MoL' if arch.use_mol else 'Bernoulli'} {arch.output_channels} channels")
+    return lines

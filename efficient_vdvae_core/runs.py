@@ -76,7 +76,7 @@ def atomic_write_bytes(path, data):
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _create_temporary(path):
@@ -95,7 +95,7 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
     """Make a rename in `folder` durable; a no-op where folders cannot be opened (Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.runs import fsync_dir
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -73,7 +74,7 @@ def save_checkpoint(directory, step, payload, keep):
         except OSError:
             pass  # left for remove_temporaries at the next start; the original error matters
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     for _, old in [(s, p) for s, p in list_checkpoints(directory) if s <= step][:-keep]:
         try:
             old.unlink(missing_ok=True)
@@ -132,18 +133,6 @@ def remove_temporaries(directory):
         (directory / name).unlink(missing_ok=True)
     return names
 
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path, map_location="cpu"):
