@@ -1,4 +1,5 @@
 """Framework-neutral pieces of the synthesis modes: div_stats masks, progress bars, PNG sets, reports."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,10 @@ from tqdm import tqdm
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.images import save_png
 from efficient_vdvae_core.masks import kept_count, variate_masks
+from efficient_vdvae_core.runs import atomic_write_text
 
 DIV_STATS_FILE = "div_stats.npy"
+METRICS_FILE = "reconstruction_metrics.json"
 
 
 def uniform_variates(arch):
@@ -64,3 +67,35 @@ def report_files(log, what, paths):
         log(f"Wrote {what}: {paths[0]}")
     else:
         log(f"Wrote {len(paths)} {what}: {paths[0]} ... {paths[-1].name}")
+
+
+def write_reconstruction_report(metrics, units, masks, loaded, paths, written, targets, framework, log=print):
+    """Print the reconstruction summary and write it as JSON; `metrics` comes from a MetricAccumulator."""
+    cfg, syn = loaded.config, loaded.config.synthesis
+    report = {"mode": "reconstruction", "split": "test", "n_images": metrics["n_examples"], "units": units,
+              "nelbo": metrics["nelbo"], "reconstruction_loss": metrics["reconstruction_loss"],
+              "kl_div": metrics["kl_div"], "ssim": metrics["ssim"],
+              "kl_per_layer_bits_per_latent": metrics["kl_per_layer_bits"],
+              "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step, "weights": loaded.weights,
+              "seed": cfg.run.seed, "output_temperature": syn.output_temperature, "masked": None,
+              "framework": framework}
+    if masks is not None:
+        report["masked"] = {"variate_masks_quantile": syn.variate_masks_quantile,
+                            "kept_variates": int(masks.sum()), "total_variates": int(masks.size),
+                            "kept_per_layer": [int(k) for k in masks.sum(axis=1)],
+                            "note": "masked variates use prior samples; their KL is not counted"}
+    log("=" * 80)
+    what = "Masked reconstruction" if masks is not None else "Reconstruction"
+    log(f"{what} of {report['n_images']} test images ({loaded.weights} weights, checkpoint step {loaded.step})")
+    if masks is not None:
+        log(f"Kept {report['masked']['kept_variates']} of {report['masked']['total_variates']} variates "
+            f"(quantile {syn.variate_masks_quantile})")
+    log(f"NELBO: {report['nelbo']:.6f} {units} | Reconstruction: {report['reconstruction_loss']:.6f} | "
+        f"KL: {report['kl_div']:.6f} | SSIM: {report['ssim']:.6f}")
+    metrics_path = paths.synthesis_images / METRICS_FILE
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(metrics_path, json.dumps(report, indent=2) + "\n")
+    report_files(log, "reconstructions", written)
+    report_files(log, "targets", targets)
+    log(f"Wrote metrics: {metrics_path}")
+    return report

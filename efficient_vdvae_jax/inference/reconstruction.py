@@ -6,22 +6,15 @@ over every image of the split (the last partial batch is padded, its padding ign
 Outputs are those of the PyTorch side: reconstructed/image-<NNNN>.png (target-<NNNN>.png) and
 reconstruction_metrics.json.
 """
-import json
 
 from efficient_vdvae_core.config import is_binarized
-from efficient_vdvae_core.runs import atomic_write_text
+from efficient_vdvae_core.metrics import report_unit_name
+from efficient_vdvae_core.synthesis import write_reconstruction_report
 from efficient_vdvae_jax.evaluation import MetricAccumulator, evaluate_batch_fn, images_to_uint8
 from efficient_vdvae_jax.inference import common
 from efficient_vdvae_jax.inference.data import eval_batches
 from efficient_vdvae_jax.model.losses import LN2, effective_pixels
 from efficient_vdvae_jax.utils import distributed as D
-
-METRICS_FILE = "reconstruction_metrics.json"
-
-
-def report_unit_name(binarized):
-    return "nats/image" if binarized else "bits/dim"
-
 
 def run_reconstruction(loaded, paths, options, log=print):
     """Reconstruct the test split; returns the metrics dict also written to reconstruction_metrics.json."""
@@ -57,30 +50,4 @@ def run_reconstruction(loaded, paths, options, log=print):
     bar.close()
     metrics = acc.result(cfg.metrics.latent_active_threshold)
     units = report_unit_name(binarized)
-    report = {"mode": "reconstruction", "split": "test", "n_images": metrics["n_examples"], "units": units,
-              "nelbo": metrics["nelbo"], "reconstruction_loss": metrics["reconstruction_loss"],
-              "kl_div": metrics["kl_div"], "ssim": metrics["ssim"],
-              "kl_per_layer_bits_per_latent": metrics["kl_per_layer_bits"],
-              "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step, "weights": loaded.weights,
-              "seed": cfg.run.seed, "output_temperature": syn.output_temperature, "masked": None,
-              "framework": "jax"}
-    if masks is not None:
-        report["masked"] = {"variate_masks_quantile": syn.variate_masks_quantile,
-                            "kept_variates": int(masks.sum()), "total_variates": int(masks.size),
-                            "kept_per_layer": [int(k) for k in masks.sum(axis=1)],
-                            "note": "masked variates use prior samples; their KL is not counted"}
-    log("=" * 80)
-    what = "Masked reconstruction" if masks is not None else "Reconstruction"
-    log(f"{what} of {report['n_images']} test images ({loaded.weights} weights, checkpoint step {loaded.step})")
-    if masks is not None:
-        log(f"Kept {report['masked']['kept_variates']} of {report['masked']['total_variates']} variates "
-            f"(quantile {syn.variate_masks_quantile})")
-    log(f"NELBO: {report['nelbo']:.6f} {units} | Reconstruction: {report['reconstruction_loss']:.6f} | "
-        f"KL: {report['kl_div']:.6f} | SSIM: {report['ssim']:.6f}")
-    metrics_path = paths.synthesis_images / METRICS_FILE
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(metrics_path, json.dumps(report, indent=2) + "\n")
-    common.report_files(log, "reconstructions", written)
-    common.report_files(log, "targets", targets)
-    log(f"Wrote metrics: {metrics_path}")
-    return report
+    return write_reconstruction_report(metrics, units, masks, loaded, paths, written, targets, "jax", log)

@@ -5,18 +5,14 @@ the inference step (beta = 1, gamma off), over every image of the split (the las
 kept; the originals dropped it). With `mask_reconstruction`, the variates masked by div_stats take prior
 samples and their KL is not counted (as the JAX original; the PyTorch original still counted it).
 """
-import json
 
 from efficient_vdvae_core.config import is_binarized
-from efficient_vdvae_core.runs import atomic_write_text
 from efficient_vdvae_core.schedules import inference_step
+from efficient_vdvae_core.synthesis import write_reconstruction_report
 from efficient_vdvae_torch.evaluation import MetricAccumulator, evaluate_batch, images_to_uint8
 from efficient_vdvae_torch.inference import common
 from efficient_vdvae_torch.inference.data import eval_loader
 from efficient_vdvae_torch.model.losses import effective_pixels, nats_per_dim_to_report, report_unit_name
-
-METRICS_FILE = "reconstruction_metrics.json"
-
 
 def reconstruct_batch(loaded, images, index, seed, masks=None):
     """BatchResult of batch `index`: posterior samples with that batch's noise, outputs with its generator."""
@@ -58,29 +54,4 @@ def run_reconstruction(loaded, paths, options, log=print):
     bar.close()
     metrics = acc.result(cfg.metrics.latent_active_threshold)
     units = report_unit_name(binarized)
-    report = {"mode": "reconstruction", "split": "test", "n_images": metrics["n_examples"], "units": units,
-              "nelbo": metrics["nelbo"], "reconstruction_loss": metrics["reconstruction_loss"],
-              "kl_div": metrics["kl_div"], "ssim": metrics["ssim"],
-              "kl_per_layer_bits_per_latent": metrics["kl_per_layer_bits"],
-              "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step, "weights": loaded.weights,
-              "seed": cfg.run.seed, "output_temperature": syn.output_temperature, "masked": None}
-    if masks is not None:
-        report["masked"] = {"variate_masks_quantile": syn.variate_masks_quantile,
-                            "kept_variates": int(masks.sum()), "total_variates": int(masks.size),
-                            "kept_per_layer": [int(k) for k in masks.sum(axis=1)],
-                            "note": "masked variates use prior samples; their KL is not counted"}
-    log("=" * 80)
-    what = "Masked reconstruction" if masks is not None else "Reconstruction"
-    log(f"{what} of {report['n_images']} test images ({loaded.weights} weights, checkpoint step {loaded.step})")
-    if masks is not None:
-        log(f"Kept {report['masked']['kept_variates']} of {report['masked']['total_variates']} variates "
-            f"(quantile {syn.variate_masks_quantile})")
-    log(f"NELBO: {report['nelbo']:.6f} {units} | Reconstruction: {report['reconstruction_loss']:.6f} | "
-        f"KL: {report['kl_div']:.6f} | SSIM: {report['ssim']:.6f}")
-    metrics_path = paths.synthesis_images / METRICS_FILE
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(metrics_path, json.dumps(report, indent=2) + "\n")
-    common.report_files(log, "reconstructions", written)
-    common.report_files(log, "targets", targets)
-    log(f"Wrote metrics: {metrics_path}")
-    return report
+    return write_reconstruction_report(metrics, units, masks, loaded, paths, written, targets, "torch", log)
