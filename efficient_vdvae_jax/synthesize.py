@@ -1,4 +1,5 @@
 """Run a trained Efficient-VDVAE with JAX: reconstruction, generation, div_stats, encoding or decoding (synthesis.synthesis_mode)."""
+from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.cli import build_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config
@@ -35,4 +36,5 @@ def parser():
 
 
 if __name__ == "__main__":
+    retain_freed_memory()
     run_main(main, parser=parser())

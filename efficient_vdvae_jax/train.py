@@ -1,4 +1,5 @@
 """Train Efficient-VDVAE with JAX: one process per host, data-parallel over every local device."""
+from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.cli import build_parser, run_main
 from efficient_vdvae_core.runs import resolve_run_config
 
@@ -34,4 +35,5 @@ def parser():
 
 
 if __name__ == "__main__":
+    retain_freed_memory()
     run_main(main, parser=parser())

@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.cli import build_parser, run_main
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.errors import UserError
@@ -63,4 +64,5 @@ def parser():
 
 
 if __name__ == "__main__":
+    retain_freed_memory()
     run_main(main, parser=parser())
