@@ -76,7 +76,7 @@ class LevelBlockDown(nn.Module):
     def forward(self, skip, y, variate_mask=None, noise=None):
         """Posterior pass: returns (y, posterior stats, prior stats)."""
         y, kl_residual, prior_stats = self._prior(y)
-        y_post = self.posterior_net(torch.cat([y, skip], dim=1))
+        y_post = self.posterior_net[0](y, skip)  # = posterior_net(cat([y, skip]))
         post_stats = self.posterior_layer.stats(y_post, prior_stats if self.use_residual_distribution else None)
         z = self.posterior_layer.sample(post_stats, noise=noise)
         if variate_mask is not None:

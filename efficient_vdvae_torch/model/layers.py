@@ -40,7 +40,127 @@ class Conv2d(nn.Conv2d):
     def forward(self, x):
         if self._explicit_pad is not None:
             x = F.pad(x, self._explicit_pad)
+        if _is_gemm_1x1(self, x):
+            return _Conv1x1.apply(self.weight, self.bias, False, _layout(x), x)
         return super().forward(x)
+
+
+# Below this many pixels per image the per-image products are too small to beat oneDNN's conv, and
+# the weight gradient's per-image partial sums (B, O, C) outgrow the activations.
+MIN_GEMM_PIXELS = 256
+# Run a cell's inner k x k convs channels-last when its edge convs are GEMMs (see ResidualConvCell).
+INNER_CHANNELS_LAST = True
+
+
+def _is_gemm_1x1(conv, x):
+    """Whether conv(x) is a 1x1, stride-1 conv on a CPU tensor contiguous in NCHW or channels-last.
+
+    On the CPU such a conv is a matrix product (per image in NCHW, one for the batch in channels-last);
+    doing it with BLAS directly avoids oneDNN's reorders of the (large) activations to its blocked
+    layout, which cost more than the product itself for the wide 1x1 convs of these models
+    (bench/train_step.py: cifar10_baseline).
+    """
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and x.device.type == "cpu" and x.dim() == 4
+            and x.shape[2] * x.shape[3] >= MIN_GEMM_PIXELS and conv.weight.dtype == x.dtype
+            and _layout(x) is not None)
+
+
+def _layout(x):
+    if x.is_contiguous():
+        return "nchw"
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return "nhwc"
+    return None
+
+
+def _columns(x, layout):
+    """x (B, C, H, W), contiguous in `layout`, as the batch of (C, H*W) matrices it holds (a view)."""
+    if layout == "nchw":
+        return x.view(x.shape[0], x.shape[1], -1)
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]).transpose(1, 2)
+
+
+def _as_layout(x, layout):
+    return x.contiguous(memory_format=torch.contiguous_format if layout == "nchw" else torch.channels_last)
+
+
+def _from_columns(cols, layout, height, width):
+    """The (B, C, H, W) tensor of a batch of (C, H*W) matrices contiguous in `layout`."""
+    batch, channels = cols.shape[:2]
+    if layout == "nchw":
+        return cols.view(batch, channels, height, width)
+    return cols.transpose(1, 2).view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def _product(a, b, layout, bias=None, out=None):
+    """The batch of matrix products a @ b, computed into a result contiguous in `layout`.
+
+    For "nhwc" the transposed product b^T @ a^T is formed, so that the (B, H*W, O) result holds the
+    channels-last pixels; BLAS reads the transposed and stride-0 operands without copying them.
+    """
+    if layout == "nchw":
+        if out is not None:
+            return out.baddbmm_(a, b)
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.view(1, -1, 1), a, b)
+    if out is not None:
+        out.transpose(1, 2).baddbmm_(b.transpose(1, 2), a.transpose(1, 2))
+        return out
+    result = torch.bmm(b.transpose(1, 2), a.transpose(1, 2)) if bias is None else torch.baddbmm(
+        bias.view(1, 1, -1), b.transpose(1, 2), a.transpose(1, 2))
+    return result.transpose(1, 2)
+
+
+class _Conv1x1(torch.autograd.Function):
+    """conv1x1(cat(xs)) or, with `silu_input`, conv1x1(silu(cat(xs))) as batched matrix products.
+
+    The concatenation of the inputs along channels is never built: each input meets its slice of the
+    weight. Only the inputs are saved; silu(x) is recomputed in backward (as `_SiLUConv`). The inputs
+    share one memory layout, NCHW or channels-last ("nhwc"); the output is made in `out_layout`, so a
+    residual cell can run its inner k x k convs channels-last (oneDNN's fast layout on the CPU) while
+    its input and output stay NCHW, without any layout copy.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, bias, silu_input, out_layout, *xs):
+        ctx.save_for_backward(weight, *xs)
+        ctx.silu_input = silu_input
+        in_layout = _layout(xs[0])
+        ctx.layouts = (in_layout, out_layout)
+        batch, _, height, width = xs[0].shape
+        out_channels = weight.shape[0]
+        out, start = None, 0
+        for x in xs:
+            channels = x.shape[1]
+            w = weight[:, start:start + channels].reshape(1, out_channels, channels).expand(batch, -1, -1)
+            act = _columns(F.silu(x) if silu_input else x, in_layout)
+            out = _product(w, act, out_layout, bias=bias, out=out)
+            start += channels
+        return _from_columns(out, out_layout, height, width)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, *xs = ctx.saved_tensors
+        in_layout, out_layout = ctx.layouts
+        batch, out_channels = grad_out.shape[:2]
+        g = _columns(_as_layout(grad_out, out_layout), out_layout)  # (B, O, H*W)
+        needs_w, needs_b = ctx.needs_input_grad[:2]
+        grad_ws, grad_xs, start = [], [], 0
+        for x, needs_x in zip(xs, ctx.needs_input_grad[4:]):
+            channels = x.shape[1]
+            if needs_w:
+                act = _columns(F.silu(x) if ctx.silu_input else x, in_layout)
+                grad_ws.append(torch.bmm(g, act.transpose(1, 2)).sum(0))
+            grad_x = None
+            if needs_x:
+                w_t = weight[:, start:start + channels].reshape(1, out_channels, channels).transpose(1, 2)
+                grad_x = _from_columns(_product(w_t.expand(batch, -1, -1), g, in_layout), in_layout, *x.shape[2:])
+                if ctx.silu_input:
+                    grad_x = torch.ops.aten.silu_backward(grad_x, x)
+            grad_xs.append(grad_x)
+            start += channels
+        grad_w = torch.cat(grad_ws, dim=1).view_as(weight) if needs_w else None
+        grad_b = g.sum((0, 2)) if needs_b else None
+        return grad_w, grad_b, None, None, *grad_xs
 
 
 class _SiLUConv(torch.autograd.Function):
@@ -61,8 +181,13 @@ class _SiLUConv(torch.autograd.Function):
         return torch.ops.aten.silu_backward(grad_act, x), grad_w, grad_b, None
 
 
-def silu_conv(x, conv):
-    """conv(silu(x)); memory-efficient when gradients are needed and the padding is symmetric."""
+def silu_conv(x, conv, out_layout=None):
+    """conv(silu(x)); memory-efficient when gradients are needed and the padding is symmetric.
+
+    A CPU GEMM 1x1 conv makes its output in `out_layout` ("nchw" or "nhwc"; default: x's layout).
+    """
+    if _is_gemm_1x1(conv, x):
+        return _Conv1x1.apply(conv.weight, conv.bias, True, out_layout or _layout(x), x)
     if torch.is_grad_enabled() and conv._explicit_pad is None and conv.stride == (1, 1):
         return _SiLUConv.apply(x, conv.weight, conv.bias, conv.padding)
     return conv(F.silu(x))
@@ -90,10 +215,28 @@ class ResidualConvCell(nn.Module):
         self.convs = nn.Sequential(*convs)
         self.residual = residual
 
-    def forward(self, x):
-        y = x
-        for i in range(1, len(self.convs), 2):  # (SiLU, conv) pairs
+    def forward(self, x, extra=None):
+        """cell(x); with `extra`, cell(cat([x, extra])) of a non-residual cell, without the concatenation
+        where the first conv is a CPU GEMM (the posterior's input: the top-down state and the skip).
+
+        When the edge convs are CPU GEMMs, the inner k x k convs run channels-last, oneDNN's fast
+        layout, while the cell's input and output keep x's layout (the GEMMs change layouts for free).
+        """
+        first, last = self.convs[1], self.convs[-1]
+        gemm = _is_gemm_1x1(first, x) and (extra is None or (_is_gemm_1x1(first, extra)
+                                                              and _layout(x) == _layout(extra)))
+        inner = "nhwc" if gemm and INNER_CHANNELS_LAST and len(self.convs) > 4 else None
+        if extra is None:
+            y = silu_conv(x, first, inner)
+        elif self.residual:
+            raise ValueError("a residual cell takes one input")
+        elif gemm:
+            y = _Conv1x1.apply(first.weight, first.bias, True, inner or _layout(x), x, extra)
+        else:
+            y = silu_conv(torch.cat([x, extra], dim=1), first)
+        for i in range(3, len(self.convs) - 2, 2):  # the inner (SiLU, conv) pairs
             y = silu_conv(y, self.convs[i])
+        y = silu_conv(y, last, _layout(x) if gemm else None)
         return x + y if self.residual else y
 
 
