@@ -1,9 +1,14 @@
 """Shared test fixtures: repository paths, the tiny configs, the shared reference folder."""
+import os
 from pathlib import Path
 
 import pytest
 
 from efficient_vdvae_core.config import load_config
+
+# Before any test module creates the XLA backend: the tiny models compile much faster this way.
+XLA_TEST_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", XLA_TEST_FLAGS)
 
 REPO = Path(__file__).resolve().parents[1]
 EGS = REPO / "egs"

@@ -96,7 +96,7 @@ class LevelBlockDown(nnx.Module, pytree=False):
         With a (V,) `variate_mask`, variates where it is 0 take the prior sample with eps `prior_noise`.
         """
         y, kl_residual, prior_stats = self._prior(y)
-        y_post = self.posterior_net[0](jnp.concatenate([y, skip], axis=-1))
+        y_post = self.posterior_net[0](y, skip)  # = posterior_net(concat([y, skip]))
         post_stats = self.posterior_layer.stats(y_post, prior_stats if self.use_residual_distribution else None)
         z = self.posterior_layer.sample(post_stats, noise)
         if variate_mask is not None:

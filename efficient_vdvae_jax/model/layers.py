@@ -70,9 +70,62 @@ class Conv2d(nnx.Module, pytree=False):
 
     def __call__(self, x):
         kernel = self.kernel[...]
-        y = jax.lax.conv_general_dilated(x, kernel, self.stride, same_padding(kernel.shape[:2], self.stride),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        kh, kw = kernel.shape[:2]
+        if (kh, kw) == (1, 1) and self.stride == (1, 1):
+            y = conv1x1(x, kernel)
+        elif kh == kw and kh % 2 == 1 and self.stride == (1, 1):
+            y = conv_same(x, kernel)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, self.stride, same_padding(kernel.shape[:2], self.stride),
+                                             dimension_numbers=_DIMENSIONS)
         return y + self.bias[...]
+
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv1x1(x, kernel):
+    """A 1x1 conv as one matrix product over all pixels (NHWC): XLA:CPU runs it, and its gradients,
+    as GEMMs, about 2x faster than its convolution path (bench/train_step.py --framework jax)."""
+    batch, height, width, channels = x.shape
+    y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, -1))
+    return y.reshape(batch, height, width, -1)
+
+
+@jax.custom_vjp
+def conv_same(x, kernel):
+    """Stride-1 k x k conv with 'same' padding (odd k), whose kernel gradient is k*k matrix products.
+
+    XLA:CPU computes the kernel gradient of a convolution as another convolution over the batch, its
+    slowest path; as a sum of shifted products over the pixels it is the same maths, 1.3x faster.
+    """
+    return _conv_same(x, kernel)
+
+
+def _conv_same(x, kernel):
+    pad = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSIONS)
+
+
+def _conv_same_fwd(x, kernel):
+    return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(residuals, grad):
+    x, kernel = residuals
+    k = kernel.shape[0]
+    pad = k // 2
+    grad_x = _conv_same(grad, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+    batch, height, width, channels = x.shape
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    grad_rows = grad.reshape(-1, grad.shape[-1])
+    grad_kernel = jnp.stack([
+        jnp.stack([padded[:, i:i + height, j:j + width, :].reshape(-1, channels).T @ grad_rows for j in range(k)])
+        for i in range(k)])
+    return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 class ResidualConvCell(nnx.Module, pytree=False):
@@ -96,9 +149,21 @@ class ResidualConvCell(nnx.Module, pytree=False):
         self.convs = convs
         self.residual = residual
 
-    def __call__(self, x):
-        y = x
-        for i in range(1, len(self.convs), 2):
+    def __call__(self, x, extra=None):
+        """cell(x); with `extra`, cell(concat([x, extra])) of a non-residual cell. A 1x1 first conv then
+        takes the two inputs through the two halves of its kernel, without the concatenation."""
+        first = self.convs[1]
+        if extra is None:
+            y = first(jax.nn.silu(x))
+        elif self.residual:
+            raise ValueError("a residual cell takes one input")
+        elif first.kernel.shape[:2] == (1, 1):
+            kernel, split = first.kernel[...], x.shape[-1]
+            y = (conv1x1(jax.nn.silu(x), kernel[:, :, :split]) + conv1x1(jax.nn.silu(extra), kernel[:, :, split:])
+                 + first.bias[...])
+        else:
+            y = first(jax.nn.silu(jnp.concatenate([x, extra], axis=-1)))
+        for i in range(3, len(self.convs), 2):
             y = self.convs[i](jax.nn.silu(y))
         return x + y if self.residual else y
 

@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +12,6 @@ from efficient_vdvae_jax.model import losses, sampling
 from tests import numpy_reference as ref
 from tests.conftest import REFERENCE, egs_config
 
-# Before the first computation creates the XLA backend: tiny models compile much faster this way.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 VECTORS = REFERENCE / "loss_vectors"
 MOL_FILES = ["mol_8bit_std", "mol_5bit_std", "mol_8bit_logstd", "mol_8bit_logstd_beta1"]

@@ -1,7 +1,6 @@
 """The JAX model: parameter paths/shapes/counts vs the PyTorch reference listings, init, forward/backward, sampling."""
 import functools
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +24,6 @@ from efficient_vdvae_jax.model.layers import (
 )
 from efficient_vdvae_jax.summary import abstract_params
 from tests.conftest import EGS, egs_config
-
-# Before the first computation creates the XLA backend: tiny models compile much faster this way.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 
 def _reference_counts(reference_dir):

@@ -1,5 +1,4 @@
 """Weight conversion: PyTorch <-> JAX round trips, the .npz format and CLI, the original JAX importer."""
-import os
 
 import jax
 import numpy as np
@@ -14,9 +13,6 @@ from efficient_vdvae_jax.summary import abstract_params
 from efficient_vdvae_torch.model.autoencoder import build_model as build_torch_model
 from efficient_vdvae_torch.utils.checkpoint import load_model_state
 from tests.conftest import EGS, REFERENCE, egs_config
-
-# Before the first computation creates the XLA backend: tiny models compile much faster this way.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 
 def torch_state(config, seed=0):

@@ -1,5 +1,4 @@
 """PyTorch vs JAX: the same weights and the same noise give the same logits, losses, KL and NELBO."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,6 @@ from efficient_vdvae_torch.model import losses as torch_losses
 from efficient_vdvae_torch.model.autoencoder import build_model as build_torch_model
 from tests.conftest import egs_config
 
-# Before the first computation creates the XLA backend: tiny models compile much faster this way.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 TOLERANCE = 1e-4  # max |jax - torch| / max |torch| per quantity
 STEP = 30  # beta < 1 and gamma balancing on (tiny configs: anneal 5 + 50, gamma_max_steps 100)
