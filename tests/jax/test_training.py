@@ -208,3 +208,19 @@ def test_skipped_updates_change_nothing_and_too_many_stop(tmp_path, compilation_
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["skipped"] == 1.0 and result["skips"] == 1 and result["step"] == 2 and result["unchanged"]
     assert "the last 2 updates were all skipped" in result["stopped"]
+
+
+def test_a_training_of_the_same_run_holds_the_lock(tmp_path, compilation_cache):
+    """While a process holds logs-<name>/.lock, JAX train.py refuses in one line and writes nothing."""
+    from efficient_vdvae_core.runs import RunLock
+
+    paths = run_paths("tiny", tmp_path)
+    with RunLock(paths.logs, log=lambda *a: None):
+        out = subprocess.run([sys.executable, str(TRAIN_PY), "--config", str(EGS / "tiny.cfg"),
+                              "--workdir", str(tmp_path)], env=jax_env(compilation_cache), cwd=REPO,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert sorted(p.name for p in paths.logs.iterdir()) == [".lock"]  # no saved config, no events
+    assert out.returncode == 2, out.stderr[-2000:]
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and f"{paths.logs / '.lock'}: the run is in use by process" in error
+    assert not paths.checkpoints.exists()
