@@ -4,6 +4,7 @@ import inspect
 import sys
 
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.synthesis import ENCODING_SPLITS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -25,6 +26,21 @@ def build_parser(description):
     parser.add_argument("--workdir", metavar="DIR", default=".",
                         help="folder that holds the run folders logs-<name>/ and checkpoints-<name>/ "
                              "(default: the current directory)")
+    return parser
+
+
+def build_synthesis_parser(description, checkpoint_help):
+    """build_parser plus the options of synthesize.py in both frameworks."""
+    parser = build_parser(description)
+    parser.add_argument("--checkpoint", metavar="PATH", default=None, help=checkpoint_help)
+    parser.add_argument("--split", choices=ENCODING_SPLITS, default="train",
+                        help="encoding: the split to encode (default: train, as the original)")
+    parser.add_argument("--encodings", metavar="PATH", default=None,
+                        help="decoding: the encodings folder (default: logs-<name>/latents/encodings_seed_<seed>)")
+    parser.add_argument("--sample-temperature", metavar="T", type=float, default=0.0,
+                        help="decoding: z = mean + T * std * eps for the kept variates (default 0: posterior means)")
+    parser.add_argument("--max-images", metavar="N", type=int, default=None,
+                        help="reconstruction, div_stats, encoding, decoding: only the first N images")
     return parser
 
 

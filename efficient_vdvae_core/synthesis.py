@@ -10,6 +10,8 @@ from efficient_vdvae_core.images import save_png
 from efficient_vdvae_core.masks import kept_count, variate_masks
 from efficient_vdvae_core.runs import atomic_write_text
 
+ENCODING_SPLITS = ("train", "val", "test")  # what the encoding mode can encode (--split)
+
 DIV_STATS_FILE = "div_stats.npy"
 METRICS_FILE = "reconstruction_metrics.json"
 

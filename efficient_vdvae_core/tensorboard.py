@@ -6,10 +6,14 @@
     writer.image("Images/Original", uint8_hwc, step)
     writer.close()
 
+`RunLogger` is what both frameworks' training loops log through: the `train` and `val` runs of
+`logs-<name>/` plus `metrics.jsonl`.
+
 The files are the same `events.out.tfevents.*` records that `torch.utils.tensorboard.SummaryWriter` and
 TensorFlow write, readable by TensorBoard and `event_accumulator.EventAccumulator`.
 """
 import io
+import json
 import time
 
 import numpy as np
@@ -69,3 +73,45 @@ class EventWriter:
 
     def close(self):
         self._writer.close()
+
+
+class RunLogger:
+    """Writes `logs-<name>/train` and `/val` TensorBoard events and `logs-<name>/metrics.jsonl`.
+
+    With `enabled=False` (ranks / processes other than 0) every call does nothing and nothing is opened.
+    """
+
+    def __init__(self, paths, enabled=True):
+        self.enabled = enabled
+        self.writers, self.jsonl = {}, None
+        if enabled:
+            self.writers = {"train": EventWriter(paths.train_events), "val": EventWriter(paths.val_events)}
+            self.jsonl = open(paths.logs / "metrics.jsonl", "a", encoding="utf-8")
+
+    def scalars(self, split, step, metrics):
+        """Log a dict of tag -> float under `split` and append one JSON line."""
+        if not self.enabled:
+            return
+        for tag, value in metrics.items():
+            self.writers[split].scalar(tag, value, step)
+        self.jsonl.write(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
+        self.jsonl.flush()
+
+    def histogram(self, split, step, tag, values, bins):
+        if self.enabled:
+            self.writers[split].histogram(tag, values, step, bins)
+
+    def image(self, split, step, tag, image_hwc_uint8):
+        if self.enabled:
+            self.writers[split].image(tag, image_hwc_uint8, step)
+
+    def flush(self):
+        for w in self.writers.values():
+            w.flush()
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+        if self.jsonl:
+            self.jsonl.close()
+        self.writers, self.jsonl = {}, None

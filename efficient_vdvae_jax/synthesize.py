@@ -1,6 +1,6 @@
 """Run a trained Efficient-VDVAE with JAX: reconstruction, generation, div_stats, encoding or decoding (synthesis.synthesis_mode)."""
 from efficient_vdvae_core.allocator import retain_freed_memory
-from efficient_vdvae_core.cli import build_parser, run_main
+from efficient_vdvae_core.cli import build_synthesis_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config
 
@@ -20,19 +20,10 @@ def main(args):
 
 
 def parser():
-    p = build_parser(main.__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", metavar="PATH", default=None,
-                   help="use this checkpoint instead of the run's newest: one of ours (a checkpoint_<step> folder) "
+    return build_synthesis_parser(
+        main.__doc__.splitlines()[0],
+        checkpoint_help="use this checkpoint instead of the run's newest: one of ours (a checkpoint_<step> folder) "
                         "or a PyTorch .pt file (ours or the original's; needs torch)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="train",
-                   help="encoding: the split to encode (default: train, as the original)")
-    p.add_argument("--encodings", metavar="PATH", default=None,
-                   help="decoding: the encodings folder (default: logs-<name>/latents/encodings_seed_<seed>)")
-    p.add_argument("--sample-temperature", metavar="T", type=float, default=0.0,
-                   help="decoding: z = mean + T * std * eps for the kept variates (default 0: posterior means)")
-    p.add_argument("--max-images", metavar="N", type=int, default=None,
-                   help="reconstruction, div_stats, encoding, decoding: only the first N images")
-    return p
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.schedules import gamma_active, kl_beta, learning_rate
+from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_jax.data.loaders import EvalBatches, TrainStream
 from efficient_vdvae_jax.evaluation import (SALT_EVAL_POSTERIOR, SALT_PRIOR_SAMPLES, MetricAccumulator,
                                             evaluate_batch_fn, images_to_uint8, latent_noise, prior_sample_fn,
@@ -29,7 +30,6 @@ from efficient_vdvae_jax.model.autoencoder import build_model
 from efficient_vdvae_jax.model.losses import LN2, effective_pixels, split_mol_logits, vae_objective
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import CheckpointStore, abstract_like
-from efficient_vdvae_jax.utils.logging import RunLogger
 from efficient_vdvae_jax.utils.optim import (apply_update, build_direction, clip_by_norm, decay_mask, ema_update,
                                              global_norm, select, should_skip)
 from efficient_vdvae_jax.utils.state import init_state, merge_model, split_model

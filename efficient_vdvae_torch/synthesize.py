@@ -2,10 +2,10 @@
 import os
 
 from efficient_vdvae_core.allocator import retain_freed_memory
-from efficient_vdvae_core.cli import build_parser, run_main
+from efficient_vdvae_core.cli import build_synthesis_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config
-from efficient_vdvae_torch.inference import ENCODING_SPLITS, InferenceOptions, run
+from efficient_vdvae_torch.inference import InferenceOptions, run
 
 
 def main(args):
@@ -24,18 +24,9 @@ def main(args):
 
 
 def parser():
-    p = build_parser(main.__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", metavar="PATH", default=None,
-                   help="use this checkpoint file (ours or the original's) instead of the run's newest")
-    p.add_argument("--split", choices=ENCODING_SPLITS, default="train",
-                   help="encoding: the split to encode (default: train, as the original)")
-    p.add_argument("--encodings", metavar="PATH", default=None,
-                   help="decoding: the encodings folder (default: logs-<name>/latents/encodings_seed_<seed>)")
-    p.add_argument("--sample-temperature", metavar="T", type=float, default=0.0,
-                   help="decoding: z = mean + T * std * eps for the kept variates (default 0: posterior means)")
-    p.add_argument("--max-images", metavar="N", type=int, default=None,
-                   help="reconstruction, div_stats, encoding, decoding: only the first N images")
-    return p
+    return build_synthesis_parser(
+        main.__doc__.splitlines()[0],
+        checkpoint_help="use this checkpoint file (ours or the original's) instead of the run's newest")
 
 
 if __name__ == "__main__":

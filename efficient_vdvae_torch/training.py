@@ -28,6 +28,7 @@ from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.schedules import learning_rate
+from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_torch.data.loaders import make_eval_loader, make_train_loader
 from efficient_vdvae_torch.evaluation import (MetricAccumulator, evaluate_batch, images_to_uint8, latent_noise,
                                               output_samples, step_seed)
@@ -35,7 +36,6 @@ from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.model.losses import LN2, effective_pixels, split_mol_logits, vae_objective
 from efficient_vdvae_torch.utils import checkpoint as ckpt
 from efficient_vdvae_torch.utils.distributed import all_reduce_sum, barrier
-from efficient_vdvae_torch.utils.logging import RunLogger
 from efficient_vdvae_torch.utils.optim import (EMA, apply_weight_decay, build_optimizer, clip_gradients,
                                                decayed_parameters, gradient_norm, set_learning_rate, should_skip)
 

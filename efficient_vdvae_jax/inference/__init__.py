@@ -7,6 +7,7 @@ synthesis-images/{reconstructed,generated,decoded}/, latents/.
 from dataclasses import dataclass
 from pathlib import Path
 
+from efficient_vdvae_core.synthesis import ENCODING_SPLITS
 from efficient_vdvae_jax.inference.codes import run_decoding, run_encoding
 from efficient_vdvae_jax.inference.div_stats import run_div_stats
 from efficient_vdvae_jax.inference.generation import run_generation
@@ -15,7 +16,6 @@ from efficient_vdvae_jax.inference.reconstruction import run_reconstruction
 
 MODES = {"reconstruction": run_reconstruction, "generation": run_generation, "div_stats": run_div_stats,
          "encoding": run_encoding, "decoding": run_decoding}
-ENCODING_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

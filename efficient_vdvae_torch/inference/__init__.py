@@ -6,6 +6,7 @@ under the run's logs folder: synthesis-images/{reconstructed,generated,decoded}/
 from dataclasses import dataclass
 from pathlib import Path
 
+from efficient_vdvae_core.synthesis import ENCODING_SPLITS
 from efficient_vdvae_torch.inference.codes import run_decoding, run_encoding
 from efficient_vdvae_torch.inference.div_stats import run_div_stats
 from efficient_vdvae_torch.inference.generation import run_generation
@@ -14,7 +15,6 @@ from efficient_vdvae_torch.inference.reconstruction import run_reconstruction
 
 MODES = {"reconstruction": run_reconstruction, "generation": run_generation, "div_stats": run_div_stats,
          "encoding": run_encoding, "decoding": run_decoding}
-ENCODING_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
