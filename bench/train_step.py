@@ -106,7 +106,11 @@ def main():
                         help="torch CPU threads (default: torch's); JAX uses XLA's default thread pool")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    kept = retain_freed_memory()  # as train.py does
+    if args.framework == "jax":  # as train.py does
+        from efficient_vdvae_jax.utils.memory import retain_freed_memory as retain
+    else:
+        retain = retain_freed_memory
+    kept = retain()
     if args.warmup < 1 and args.framework == "jax":
         parser.error("--framework jax needs --warmup >= 1 (the first step compiles)")
     config, _ = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])

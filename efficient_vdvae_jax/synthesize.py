@@ -1,5 +1,5 @@
 """Run a trained Efficient-VDVAE with JAX: reconstruction, generation, div_stats, encoding or decoding (synthesis.synthesis_mode)."""
-from efficient_vdvae_core.allocator import retain_freed_memory
+
 from efficient_vdvae_core.cli import build_synthesis_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config
@@ -27,5 +27,6 @@ def parser():
 
 
 if __name__ == "__main__":
+    from efficient_vdvae_jax.utils.memory import retain_freed_memory
     retain_freed_memory()
     run_main(main, parser=parser())

@@ -1,7 +1,6 @@
 """Train Efficient-VDVAE with JAX: one process per host, data-parallel over every local device."""
 import contextlib
 
-from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.cli import build_parser, run_main
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
@@ -45,5 +44,6 @@ def parser():
 
 
 if __name__ == "__main__":
+    from efficient_vdvae_jax.utils.memory import retain_freed_memory
     retain_freed_memory()
     run_main(main, parser=parser())

@@ -98,8 +98,10 @@ def conv_same(x, kernel):
 
     XLA:CPU computes the kernel gradient of a convolution as another convolution over the batch, its
     slowest path; as k*k products of a shifted input with the output gradient it is the same maths,
-    about 2x faster. The products run one after the other (lax.map), so that only one shifted copy
-    of the input is alive at a time (all k*k at once cost 1.8x the activation memory of the step).
+    about 2.5x faster. The kernel rows run one after the other (lax.map), so that only one row's k
+    shifted copies of the input are alive at a time: all k*k at once cost 1.7x the temporary memory
+    (4 cifar10_baseline cells: 456 vs 270 MiB), and one tap per loop step was 1.35x slower (the loop's
+    own overhead; 13.7 vs 10.2 ms for a 3x3 at 8x32x32x96).
     """
     return _conv_same(x, kernel)
 
@@ -122,12 +124,11 @@ def _conv_same_bwd(residuals, grad):
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     grad_rows = grad.reshape(-1, grad.shape[-1])
 
-    def tap(offset):  # one kernel position at a time: a single shifted copy of x is alive
-        i, j = offset // k, offset % k
-        shifted = jax.lax.dynamic_slice(padded, (0, i, j, 0), (batch, height, width, channels))
-        return shifted.reshape(-1, channels).T @ grad_rows
+    def kernel_row(i):  # (k, channels, out): the products of kernel row i, from one band of padded rows
+        band = jax.lax.dynamic_slice(padded, (0, i, 0, 0), (batch, height, width + 2 * pad, channels))
+        return jnp.stack([band[:, :, j:j + width].reshape(-1, channels).T @ grad_rows for j in range(k)])
 
-    grad_kernel = jax.lax.map(tap, jnp.arange(k * k)).reshape(k, k, channels, -1)
+    grad_kernel = jax.lax.map(kernel_row, jnp.arange(k))
     return grad_x, grad_kernel.astype(kernel.dtype)
 
 
