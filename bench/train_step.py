@@ -51,6 +51,7 @@ def time_steps(step, warmup, steps):
 
 
 def run_torch(args, config, tmp):
+    kept = retain_freed_memory()  # as torch train.py does
     import torch
 
     from efficient_vdvae_torch.training import Trainer
@@ -73,11 +74,13 @@ def run_torch(args, config, tmp):
     times, first_time, first_loss = time_steps(step, args.warmup, args.steps)
     cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"device": str(device), "threads": torch.get_num_threads(),
+    return {"device": str(device), "threads": torch.get_num_threads(), "keep_freed_memory": kept,
             "peak_memory_kind": "cuda_max_allocated" if cuda else "max_rss"}, times, first_time, first_loss, peak
 
 
 def run_jax(args, config, tmp):
+    from efficient_vdvae_jax.utils.memory import retain_freed_memory as retain_for_jax
+    kept = retain_for_jax()  # as JAX train.py does, before the first JAX computation
     import jax
 
     from efficient_vdvae_jax.training import Trainer
@@ -90,7 +93,7 @@ def run_jax(args, config, tmp):
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     peak = stats["peak_bytes_in_use"] if stats else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"device": f"{device.platform} x{mesh.devices.size}", "threads": "xla default",
+    return {"device": f"{device.platform} x{mesh.devices.size}", "threads": "xla default", "keep_freed_memory": kept,
             "peak_memory_kind": "device_peak_bytes_in_use" if stats else "max_rss"}, times, first_time, first_loss, peak
 
 
@@ -106,11 +109,6 @@ def main():
                         help="torch CPU threads (default: torch's); JAX uses XLA's default thread pool")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    if args.framework == "jax":  # as train.py does
-        from efficient_vdvae_jax.utils.memory import retain_freed_memory as retain
-    else:
-        retain = retain_freed_memory
-    kept = retain()
     if args.warmup < 1 and args.framework == "jax":
         parser.error("--framework jax needs --warmup >= 1 (the first step compiles)")
     config, _ = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
@@ -123,7 +121,7 @@ def main():
               "steps": args.steps, "median_s_per_step": round(median, 4),
               "images_per_s": round(args.batch_size / median, 3),
               "peak_memory_gib": round(peak / 2 ** 30, 3), "peak_memory_kind": info["peak_memory_kind"],
-              "first_step_nelbo": first_loss, "keep_freed_memory": kept}
+              "first_step_nelbo": first_loss, "keep_freed_memory": info["keep_freed_memory"]}
     if args.framework == "jax":
         record["compile_s"] = round(max(first_time - median, 0.0), 2)
     print(json.dumps(record))

@@ -5,8 +5,9 @@ over. glibc's malloc returns such buffers to the kernel on `free` (they are mmap
 the top of the heap), so the next step faults every page in again and the kernel zeroes it: on the
 2-core CI machine that costs about 11 microseconds a 4 KiB page, 70 ms for one 25 MB activation of
 cifar10_baseline at batch 8, and about 1 s a step in all (10.8 -> 9.7 s with PyTorch). JAX needs one
-more setting for it to apply, `efficient_vdvae_jax.utils.memory.retain_freed_memory`. The peak memory is about unchanged (6.1 vs 6.2 GiB): the same
-buffers are reused; only the memory freed after the peak stays with the process until it exits.
+more setting for it to reach XLA's step buffer: `efficient_vdvae_jax.utils.memory.retain_freed_memory`.
+The peak memory is about unchanged (6.1 vs 6.2 GiB): the same buffers are reused; only the memory freed
+after the peak stays with the process until it exits.
 
 Set EFFICIENT_VDVAE_KEEP_FREED_MEMORY=0 to keep glibc's defaults. Other C libraries: nothing is done.
 """
@@ -21,17 +22,20 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
+def on_glibc():
+    """Whether this process runs on Linux with glibc, whose malloc `mallopt` tunes."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def retain_freed_memory():
     """Tell glibc's malloc never to mmap allocations nor trim the heap (mallopt(3)); True if done.
 
     `M_MMAP_MAX = 0` serves every allocation from the heap and `M_TRIM_THRESHOLD = -1` stops the
     heap from shrinking, both as documented in mallopt(3). Call it once, early, in the entry points
-    (train.py, synthesize.py, bench/train_step.py); it does nothing off glibc or when the environment
-    variable EFFICIENT_VDVAE_KEEP_FREED_MEMORY is 0.
+    (train.py, synthesize.py, bench/train_step.py; JAX's through its wrapper); it does nothing off glibc
+    or when the environment variable EFFICIENT_VDVAE_KEEP_FREED_MEMORY is 0.
     """
-    if os.environ.get(ENV_VAR, "1").strip() == "0":
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if os.environ.get(ENV_VAR, "1").strip() == "0" or not on_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -1,5 +1,4 @@
 """Run a trained Efficient-VDVAE with JAX: reconstruction, generation, div_stats, encoding or decoding (synthesis.synthesis_mode)."""
-
 from efficient_vdvae_core.cli import build_synthesis_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config

@@ -1,16 +1,14 @@
 """retain_freed_memory: a second round of the same allocations reuses the pages of the first."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from efficient_vdvae_core.allocator import ENV_VAR
+from efficient_vdvae_core.allocator import ENV_VAR, on_glibc
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="mallopt is glibc's")
+pytestmark = pytest.mark.skipif(not on_glibc(), reason="mallopt is glibc's")
 
 # Five 40 MB buffers, freed, then allocated again (as a training step does): page faults of round two.
 # glibc's default serves buffers over 32 MB with mmap whatever its dynamic threshold, so they fault anew.

@@ -1,16 +1,14 @@
 """utils.memory.retain_freed_memory: a jitted CPU step reuses its temporary buffer's pages from one call to the next."""
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from efficient_vdvae_core.allocator import ENV_VAR
+from efficient_vdvae_core.allocator import ENV_VAR, on_glibc
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="mallopt is glibc's")
+pytestmark = pytest.mark.skipif(not on_glibc(), reason="mallopt is glibc's")
 
 # A step whose temporary buffer (a 144 MB matrix, the input of a product) is larger than glibc's 64 MB
 # per-thread heaps: page faults of three calls after three warm-up calls.
