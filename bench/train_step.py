@@ -79,8 +79,8 @@ def run_torch(args, config, tmp):
 
 
 def run_jax(args, config, tmp):
-    from efficient_vdvae_jax.utils.memory import retain_freed_memory as retain_for_jax
-    kept = retain_for_jax()  # as JAX train.py does, before the first JAX computation
+    from efficient_vdvae_jax.utils import cpu
+    prepared = cpu.prepare()  # as JAX train.py does, before the first JAX computation
     import jax
 
     from efficient_vdvae_jax.training import Trainer
@@ -93,7 +93,7 @@ def run_jax(args, config, tmp):
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     peak = stats["peak_bytes_in_use"] if stats else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"device": f"{device.platform} x{mesh.devices.size}", "threads": "xla default", "keep_freed_memory": kept,
+    return {"device": f"{device.platform} x{mesh.devices.size}", "threads": "xla default", **prepared,
             "peak_memory_kind": "device_peak_bytes_in_use" if stats else "max_rss"}, times, first_time, first_loss, peak
 
 
@@ -123,6 +123,7 @@ def main():
               "peak_memory_gib": round(peak / 2 ** 30, 3), "peak_memory_kind": info["peak_memory_kind"],
               "first_step_nelbo": first_loss, "keep_freed_memory": info["keep_freed_memory"]}
     if args.framework == "jax":
+        record["eigen_convolutions"] = info["eigen_convolutions"]
         record["compile_s"] = round(max(first_time - median, 0.0), 2)
     print(json.dumps(record))
     return 0

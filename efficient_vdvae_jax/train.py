@@ -44,6 +44,6 @@ def parser():
 
 
 if __name__ == "__main__":
-    from efficient_vdvae_jax.utils.memory import retain_freed_memory
-    retain_freed_memory()
+    from efficient_vdvae_jax.utils import cpu
+    cpu.prepare()
     run_main(main, parser=parser())

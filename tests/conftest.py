@@ -1,4 +1,5 @@
 """Shared test fixtures: repository paths, the tiny configs, the shared reference folder."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from efficient_vdvae_core.config import load_config
 # Before any test module creates the XLA backend: the tiny models compile much faster this way.
 XLA_TEST_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", XLA_TEST_FLAGS)
+if importlib.util.find_spec("jax") is not None:  # the convolution path of train.py (efficient_vdvae_jax.utils.cpu)
+    from efficient_vdvae_jax.utils.cpu import eigen_convolutions
+    eigen_convolutions()
 
 REPO = Path(__file__).resolve().parents[1]
 EGS = REPO / "egs"

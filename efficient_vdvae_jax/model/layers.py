@@ -73,9 +73,7 @@ class Conv2d(nnx.Module, pytree=False):
         kh, kw = kernel.shape[:2]
         if (kh, kw) == (1, 1) and self.stride == (1, 1):
             y = conv1x1(x, kernel)
-        elif kh == kw and kh % 2 == 1 and self.stride == (1, 1):
-            y = conv_same(x, kernel)
-        else:
+        else:  # on the CPU, XLA's Eigen convolution (efficient_vdvae_jax.utils.cpu), gradients included
             y = jax.lax.conv_general_dilated(x, kernel, self.stride, same_padding(kernel.shape[:2], self.stride),
                                              dimension_numbers=_DIMENSIONS)
         return y + self.bias[...]
@@ -90,49 +88,6 @@ def conv1x1(x, kernel):
     batch, height, width, channels = x.shape
     y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, -1))
     return y.reshape(batch, height, width, -1)
-
-
-@jax.custom_vjp
-def conv_same(x, kernel):
-    """Stride-1 k x k conv with 'same' padding (odd k), whose kernel gradient is k*k matrix products.
-
-    XLA:CPU computes the kernel gradient of a convolution as another convolution over the batch, its
-    slowest path; as k*k products of a shifted input with the output gradient it is the same maths,
-    about 3x faster (10 vs 28-35 ms for a 3x3 at 8x32x32x96). The kernel rows run one after the other
-    (lax.map), so that only one row's k shifted copies of the input are alive at a time: all k*k at once
-    cost 1.7x the temporary memory (4 cifar10_baseline cells: 456 vs 270 MiB), and one tap per loop step
-    was 1.35x slower (the loop's own overhead; 13.7 vs 10.2 ms at the same shape).
-    """
-    return _conv_same(x, kernel)
-
-
-def _conv_same(x, kernel):
-    pad = kernel.shape[0] // 2
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=_DIMENSIONS)
-
-
-def _conv_same_fwd(x, kernel):
-    return _conv_same(x, kernel), (x, kernel)
-
-
-def _conv_same_bwd(residuals, grad):
-    x, kernel = residuals
-    k = kernel.shape[0]
-    pad = k // 2
-    grad_x = _conv_same(grad, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-    batch, height, width, channels = x.shape
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    grad_rows = grad.reshape(-1, grad.shape[-1])
-
-    def kernel_row(i):  # (k, channels, out): the products of kernel row i, from one band of padded rows
-        band = jax.lax.dynamic_slice(padded, (0, i, 0, 0), (batch, height, width + 2 * pad, channels))
-        return jnp.stack([band[:, :, j:j + width].reshape(-1, channels).T @ grad_rows for j in range(k)])
-
-    grad_kernel = jax.lax.map(kernel_row, jnp.arange(k))
-    return grad_x, grad_kernel.astype(kernel.dtype)
-
-
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 def silu(x):
