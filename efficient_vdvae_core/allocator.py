@@ -5,7 +5,7 @@ over. glibc's malloc returns such buffers to the kernel on `free` (they are mmap
 the top of the heap), so the next step faults every page in again and the kernel zeroes it: on the
 2-core CI machine that costs about 11 microseconds a 4 KiB page, 70 ms for one 25 MB activation of
 cifar10_baseline at batch 8, and about 1 s a step in all (10.8 -> 9.7 s with PyTorch). JAX needs one
-more setting for it to reach XLA's step buffer: `efficient_vdvae_jax.utils.memory.retain_freed_memory`.
+more setting for it to reach XLA's step buffer: `efficient_vdvae_jax.utils.cpu.retain_freed_memory`.
 The peak memory is about unchanged (6.1 vs 6.2 GiB): the same buffers are reused; only the memory freed
 after the peak stays with the process until it exits.
 

@@ -15,10 +15,10 @@ machine. Nothing is lost by it here: the training loop reads every step's metric
 dispatch never ran ahead of the step anyway.
 
 Convolutions: this jaxlib hands convolutions to YNNPACK by default (`xla_cpu_experimental_ynn_fusion_type`
-includes `individual_convolution`). XLA's Eigen convolutions are faster for every shape of the example
-configs, and their kernel gradient most of all: a 3x3 at 8x32x32x96 takes 4.1 vs 5.6 ms forward, and the
-whole gradient 11.8 ms on Eigen against 28-35 ms through YNNPACK (bench/README.md has the commands). Only
-the convolutions leave YNNPACK; its dots and reductions stay.
+includes `individual_convolution`). XLA's Eigen convolutions are faster at every shape of the example
+configs, their gradients most of all: a 3x3 at 8x32x32x96 takes 5.7 vs 8.0 ms forward, and 18.8 vs 44.5 ms
+with both gradients (bench/conv_paths.py, both paths alternating in one process). Only the convolutions
+leave YNNPACK; its dots and reductions stay.
 """
 import os
 
