@@ -15,6 +15,8 @@ import time
 
 import jax
 
+from efficient_vdvae_jax.model.layers import conv  # the model's own k x k path: XLA's convolution, 'same'
+
 # (config, batch, side, channels, kernel size): the middle convolutions of the residual cells
 SHAPES = [
     ("cifar10_baseline", 8, 32, 96, 3), ("cifar10_baseline", 8, 32, 48, 3), ("cifar10_baseline", 8, 16, 96, 3),
@@ -25,10 +27,6 @@ SHAPES = [
 # Only convolutions are compiled here, so the one setting that differs is where they go.
 PATHS = {"ynnpack": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
          "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
-
-
-def conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def forward_and_gradients(x, kernel, grad):

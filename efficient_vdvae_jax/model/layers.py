@@ -69,17 +69,19 @@ class Conv2d(nnx.Module, pytree=False):
         self.bias = nnx.Param(bias)
 
     def __call__(self, x):
-        kernel = self.kernel[...]
-        kh, kw = kernel.shape[:2]
-        if (kh, kw) == (1, 1) and self.stride == (1, 1):
-            y = conv1x1(x, kernel)
-        else:  # on the CPU, XLA's Eigen convolution (efficient_vdvae_jax.utils.cpu), gradients included
-            y = jax.lax.conv_general_dilated(x, kernel, self.stride, same_padding(kernel.shape[:2], self.stride),
-                                             dimension_numbers=_DIMENSIONS)
-        return y + self.bias[...]
+        return conv(x, self.kernel[...], self.stride) + self.bias[...]
 
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x, kernel, stride=(1, 1)):
+    """Conv2d's product, without the bias: a 1x1 stride-1 conv as one matrix product, the others XLA's
+    convolution with 'same' padding (on the CPU its Eigen path, utils/cpu.py, gradients included)."""
+    if kernel.shape[:2] == (1, 1) and tuple(stride) == (1, 1):
+        return conv1x1(x, kernel)
+    return jax.lax.conv_general_dilated(x, kernel, stride, same_padding(kernel.shape[:2], stride),
+                                        dimension_numbers=_DIMENSIONS)
 
 
 def conv1x1(x, kernel):

@@ -4,8 +4,8 @@
 thing, before the first JAX computation: XLA reads both settings when it creates the CPU client.
 
 Kept memory: XLA:CPU allocates the temporary buffer of a whole jitted step when the step starts and frees
-it when the step ends (7.3 GB for cifar10_baseline at batch 8, 1 GB for binarized_mnist_baseline at batch
-16). With JAX's asynchronous CPU dispatch the step runs on a worker thread, and glibc serves a block that
+it when the step ends (6.6 GiB for cifar10_baseline at batch 8, 0.8 GiB for binarized_mnist_baseline at
+batch 16). With JAX's asynchronous CPU dispatch the step runs on a worker thread, and glibc serves a block that
 large to a thread other than the main one with mmap whatever `M_MMAP_MAX` says (its per-thread heaps are
 at most 64 MB), then unmaps it on free: every step faulted in and zeroed the whole buffer again, about
 257,000 page faults a step for binarized_mnist_baseline. Executing on the calling thread serves the buffer
@@ -22,8 +22,6 @@ leave YNNPACK; its dots and reductions stay.
 """
 import os
 
-import jax
-
 from efficient_vdvae_core.allocator import retain_freed_memory as _retain_heap
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -38,6 +36,7 @@ def retain_freed_memory():
     """
     if not _retain_heap():
         return False
+    import jax  # here, so that eigen_convolutions (tests/conftest.py) does not import JAX
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return True
 

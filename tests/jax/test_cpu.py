@@ -43,10 +43,15 @@ print(json.dumps({{"applied": applied, "temp": temp, "faults": faults,
 PAGES = 3 * SIDE * SIDE * 4 // 4096
 
 
-def _calls(setting):
-    env = dict(os.environ, **{ENV_VAR: setting}, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+def _run(script, **env):
+    """Run `script` in a fresh CPU-only Python with these environment variables; its last line's JSON."""
+    env = dict(os.environ, **env, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _calls(setting):
+    return _run(SCRIPT, **{ENV_VAR: setting})
 
 
 @glibc_only
@@ -78,9 +83,7 @@ print(json.dumps({"added": added, "flags": os.environ["XLA_FLAGS"], "ynnpack": "
 
 
 def _conv(xla_flags):
-    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", CONV_SCRIPT], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run(CONV_SCRIPT, XLA_FLAGS=xla_flags)
 
 
 def test_convolutions_leave_ynnpack():
