@@ -212,12 +212,13 @@ class Autoencoder(nnx.Module, pytree=False):
         self.bottom_up = BottomUp(arch, model_cfg, keys=keys)
         self.top_down = TopDown(arch, model_cfg, keys=keys)
 
-    def __call__(self, x, variate_masks=None, noise=None, *, key=None):
+    def __call__(self, x, variate_masks=None, noise=None, prior_noise=None, *, key=None):
         """x (B, R, R, C) -> (logits (B, R, R, K), posterior stats per layer, prior stats per layer).
 
         Stats are [mean, std-or-logstd], each (B, H, W, V). `noise`: posterior eps per latent layer
         (drawn from `key` where None). `variate_masks`: per layer a (V,) array or None; variates where
-        it is 0 take a prior sample whose eps is drawn from `key` independently of the posterior eps.
+        it is 0 take a prior sample with eps `prior_noise` (drawn from `key`, independently of the
+        posterior eps, where None).
         """
         n = self.arch.n_latent_layers
         if variate_masks is not None and len(variate_masks) != n:
@@ -227,23 +228,23 @@ class Autoencoder(nnx.Module, pytree=False):
             post_key, prior_key = jax.random.split(key)
         batch = x.shape[0]
         noise = _layer_noise(post_key, self.arch, batch, noise)
-        prior_noise = None
         if variate_masks is not None and any(m is not None for m in variate_masks):
-            if prior_key is None:
-                raise ValueError("masked variates take prior samples: pass key=")
-            prior_noise = _layer_noise(prior_key, self.arch, batch)
+            if prior_key is None and prior_noise is None:
+                raise ValueError("masked variates take prior samples: pass prior_noise= or key=")
+            prior_noise = _layer_noise(prior_key, self.arch, batch, prior_noise)
         return self.top_down(self.bottom_up(x), noise, variate_masks, prior_noise)
 
-    def sample(self, batch_size, temperatures, latents=None, *, key):
+    def sample(self, batch_size, temperatures, latents=None, noise=None, *, key=None):
         """Logits (B, R, R, K) of prior samples and the z (B, H, W, V) of every layer.
 
         `temperatures`: one per latent layer (multiplies the prior std); `latents`: per layer None or
-        (z, mask) fixing the variates where the (V,) mask is 1.
+        (z, mask) fixing the variates where the (V,) mask is 1; `noise`: prior eps per latent layer
+        (drawn from `key` where None).
         """
         n = self.arch.n_latent_layers
         if len(temperatures) != n or (latents is not None and len(latents) != n):
             raise ValueError(f"need one temperature (and latent entry) per latent layer ({n})")
-        noise = _layer_noise(key, self.arch, batch_size)
+        noise = _layer_noise(key, self.arch, batch_size, noise)
         return self.top_down.sample(batch_size, temperatures, noise, latents)
 
 

@@ -73,21 +73,24 @@ class LevelBlockDown(nn.Module):
         y = y + self.z_projection(z)
         return self.residual_block(y)
 
-    def forward(self, skip, y, variate_mask=None, noise=None):
-        """Posterior pass: returns (y, posterior stats, prior stats)."""
+    def forward(self, skip, y, variate_mask=None, noise=None, prior_noise=None):
+        """Posterior pass with posterior eps `noise`; returns (y, posterior stats, prior stats).
+
+        With a (V,) `variate_mask`, variates where it is 0 take the prior sample with eps `prior_noise`.
+        """
         y, kl_residual, prior_stats = self._prior(y)
         y_post = self.posterior_net[0](y, skip)  # = posterior_net(cat([y, skip]))
         post_stats = self.posterior_layer.stats(y_post, prior_stats if self.use_residual_distribution else None)
         z = self.posterior_layer.sample(post_stats, noise=noise)
         if variate_mask is not None:
             mask = variate_mask.to(z.dtype).view(1, -1, 1, 1)
-            z = mask * z + (1 - mask) * self.prior_layer.sample(prior_stats)
+            z = mask * z + (1 - mask) * self.prior_layer.sample(prior_stats, noise=prior_noise)
         return self._finish(y, kl_residual, z), post_stats, prior_stats
 
-    def sample_prior(self, y, temperature=1.0, z_given=None, given_mask=None):
-        """Prior pass: z from the prior (std x temperature), or `z_given` where `given_mask` is 1."""
+    def sample_prior(self, y, temperature=1.0, z_given=None, given_mask=None, noise=None):
+        """Prior pass: z from the prior (std x temperature, eps `noise`), or `z_given` where `given_mask` is 1."""
         y, kl_residual, prior_stats = self._prior(y)
-        z = self.prior_layer.sample(prior_stats, temperature)
+        z = self.prior_layer.sample(prior_stats, temperature, noise=noise)
         if z_given is not None:
             mask = given_mask.to(z.dtype).view(1, -1, 1, 1)
             z = mask * z_given.to(z.dtype) + (1 - mask) * z
@@ -150,25 +153,28 @@ class TopDown(nn.Module):
     def _top(self, batch_size):
         return self.trainable_h.expand(batch_size, -1, -1, -1)
 
-    def forward(self, skips, variate_masks=None, noise=None):
+    def forward(self, skips, variate_masks=None, noise=None, prior_noise=None):
         """Posterior pass over the skips (deepest first); returns (logits, posteriors, priors)."""
         y = self._top(skips[0].shape[0])
         posteriors, priors = [], []
         for layer, (level, block) in enumerate(self.blocks()):
             mask = None if variate_masks is None else variate_masks[layer]
             eps = None if noise is None else noise[layer]
-            y, post, prior = _call(block, self.checkpoint_blocks, skips[level], y, mask, eps)
+            prior_eps = None if prior_noise is None else prior_noise[layer]
+            y, post, prior = _call(block, self.checkpoint_blocks, skips[level], y, mask, eps, prior_eps)
             posteriors.append(post)
             priors.append(prior)
         return self.output_conv(y), posteriors, priors
 
-    def sample(self, batch_size, temperatures, latents=None):
-        """Prior pass. `temperatures`: one per latent layer. `latents`: per layer None or (z, mask)."""
+    def sample(self, batch_size, temperatures, latents=None, noise=None):
+        """Prior pass. `temperatures`: one per latent layer. `latents`: per layer None or (z, mask).
+        `noise`: prior eps per latent layer (drawn from the global RNG where None)."""
         y = self._top(batch_size)
         zs = []
         for layer, (_, block) in enumerate(self.blocks()):
             z_given, mask = (None, None) if latents is None or latents[layer] is None else latents[layer]
-            y, z = block.sample_prior(y, temperatures[layer], z_given, mask)
+            eps = None if noise is None else noise[layer]
+            y, z = block.sample_prior(y, temperatures[layer], z_given, mask, eps)
             zs.append(z)
         return self.output_conv(y), zs
 
@@ -182,14 +188,18 @@ class Autoencoder(nn.Module):
         self.bottom_up = BottomUp(arch, model_cfg)
         self.top_down = TopDown(arch, model_cfg)
 
-    def forward(self, x, variate_masks=None, noise=None):
-        """x (B, C, R, R) -> (output logits, posterior stats per layer, prior stats per layer)."""
-        return self.top_down(self.bottom_up(x), variate_masks, noise)
+    def forward(self, x, variate_masks=None, noise=None, prior_noise=None):
+        """x (B, C, R, R) -> (output logits, posterior stats per layer, prior stats per layer).
+
+        `noise`: posterior eps per latent layer, `prior_noise`: prior eps of the variates that
+        `variate_masks` sets to 0 (both drawn from the global RNG where None).
+        """
+        return self.top_down(self.bottom_up(x), variate_masks, noise, prior_noise)
 
     @torch.no_grad()
-    def sample(self, batch_size, temperatures, latents=None):
-        """Logits of prior samples and the z of every layer."""
-        return self.top_down.sample(batch_size, temperatures, latents)
+    def sample(self, batch_size, temperatures, latents=None, noise=None):
+        """Logits of prior samples and the z of every layer; `noise`: prior eps per latent layer."""
+        return self.top_down.sample(batch_size, temperatures, latents, noise)
 
 
 def build_model(config):

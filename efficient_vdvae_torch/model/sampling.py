@@ -1,7 +1,7 @@
 """Output-layer samplers: images from MoL or Bernoulli logits (model.md 8.1-8.2). NCHW tensors.
 
-Random draws use `generator` when given (it must live on the logits' device), so results are
-reproducible; outputs are created on the logits' device.
+Random draws use `noise` (given uniform draws in [0, 1)) or else `generator` (it must live on the
+logits' device), so results are reproducible; outputs are created on the logits' device.
 """
 import math
 
@@ -13,19 +13,20 @@ from efficient_vdvae_torch.model.losses import MNIST_CROP, pixel_range, split_mo
 UNIFORM_EPS = 1e-5  # uniform draws lie in [1e-5, 1 - 1e-5] (Gumbel and logistic noise)
 
 
-def _uniform(shape, like, generator):
-    u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
-    return u * (1.0 - 2.0 * UNIFORM_EPS) + UNIFORM_EPS
+def _uniform(shape, like, generator, given=None):
+    u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype) if given is None else given
+    return u.to(like.dtype) * (1.0 - 2.0 * UNIFORM_EPS) + UNIFORM_EPS
 
 
 @torch.no_grad()
 def sample_mol(logits, *, num_bits, num_mixtures, distribution_base, beta, min_log_scale, temperature,
-               generator=None):
+               generator=None, noise=None):
     """Images (B, C, H, W) in [min_pix, max_pix] from MoL logits (B, M(3C+1), H, W); C = 3 or 1.
 
     Gumbel-max mixture choice on logits / temperature, logistic noise scaled by temperature, then the
     channel autoregression with clamping after each channel (model.md 8.1). No quantisation.
-    temperature = 0 gives the most likely component's mean (no noise).
+    temperature = 0 gives the most likely component's mean (no noise). `noise`: the uniform draws
+    (mixture (B, M, H, W), logistic (B, C, H, W)), else drawn from `generator`.
     """
     mix_logits, means, raw_scales, raw_coeffs = split_mol_logits(logits, num_mixtures)
     b, c, m, h, w = means.shape
@@ -36,7 +37,8 @@ def sample_mol(logits, *, num_bits, num_mixtures, distribution_base, beta, min_l
     else:
         raise ValueError(f"unknown output_distribution_base {distribution_base!r}")
 
-    gumbel = -torch.log(-torch.log(_uniform((b, m, h, w), logits, generator)))
+    u_mixture, u_logistic = (None, None) if noise is None else noise
+    gumbel = -torch.log(-torch.log(_uniform((b, m, h, w), logits, generator, u_mixture)))
     if temperature > 0:
         choice = torch.argmax(mix_logits / temperature + gumbel, dim=1)  # (B, H, W)
     else:
@@ -46,7 +48,7 @@ def sample_mol(logits, *, num_bits, num_mixtures, distribution_base, beta, min_l
     def select(params):  # (B, C, M, H, W) -> (B, C, H, W) of the chosen component
         return torch.gather(params, 2, index).squeeze(2)
 
-    u = _uniform((b, c, h, w), logits, generator)
+    u = _uniform((b, c, h, w), logits, generator, u_logistic)
     x = select(means) + select(scales) * temperature * (torch.log(u) - torch.log1p(-u))
     min_pix, max_pix = pixel_range(num_bits)
     if c == 1:
@@ -67,6 +69,12 @@ def bernoulli_probs(logits, temperature=1.0):
 
 
 @torch.no_grad()
-def sample_bernoulli(logits, temperature=1.0, generator=None):
-    """Hard {0, 1} draws (B, 1, 28, 28) of sigmoid(logits / temperature) on the 28x28 crop."""
-    return torch.bernoulli(bernoulli_probs(logits, temperature), generator=generator)
+def sample_bernoulli(logits, temperature=1.0, generator=None, noise=None):
+    """Hard {0, 1} draws (B, 1, 28, 28) of sigmoid(logits / temperature) on the 28x28 crop.
+
+    `noise`: given uniform draws (B, 1, 28, 28), a pixel is 1 where u < p; else drawn from `generator`.
+    """
+    probs = bernoulli_probs(logits, temperature)
+    if noise is not None:
+        return (noise.to(probs.dtype) < probs).to(probs.dtype)
+    return torch.bernoulli(probs, generator=generator)
