@@ -4,7 +4,7 @@ import inspect
 import sys
 
 from efficient_vdvae_core.errors import UserError
-from efficient_vdvae_core.synthesis import ENCODING_SPLITS
+from efficient_vdvae_core.synthesis.common import ENCODING_SPLITS
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -13,22 +13,23 @@ invariant as above, and the parity tests pass the same noise to both.
 """
 import numpy as np
 
-# Purposes (the second integer of every derivation). Never renumber: checkpoints and outputs of
-# earlier runs were made with these values.
-TRAIN_LATENTS = 1  # posterior eps of a training step (global batch)
-EVAL_LATENTS = 2  # posterior eps of validation and reconstruction, per image
-EVAL_PRIOR = 3  # prior eps of variates masked by div_stats, per image
-EVAL_OUTPUT = 4  # output-head samples of validation and reconstruction, per image
-PRIOR_SAMPLES = 5  # the prior samples shown during training (counter = step), per image
-GENERATION = 6  # generation mode (counter = temperature setting), per image: latents and output
-ENCODING = 7  # encoding mode: prior eps of masked variates, per image
-DECODING = 8  # decoding mode: posterior-sample eps and prior eps of unkept variates, per image
-DIV_STATS = 9  # div_stats mode: posterior eps, per image
-IW_NLL = 10  # importance-weighted NLL: posterior eps of sample k (counter = k), per image
-CONDITIONAL = 11  # partial-latent sampling (counter = sample number), per image
+# Purposes (the second integer of every derivation). Never renumber: outputs of earlier runs were made
+# with these values.
+TRAIN_LATENTS = 1  # posterior eps of a training step (global batch; counter = step)
+EVALUATION = 2  # validation (counter = step) and the reconstruction mode (counter = 0)
+PRIOR_SAMPLES = 3  # the EMA prior samples shown during training (counter = step)
+GENERATION = 4  # generation mode (counter = temperature setting)
+ENCODING = 5  # encoding mode (prior eps of masked variates)
+DECODING = 6  # decoding mode (eps of posterior samples, prior eps of the variates not encoded)
+DIV_STATS = 7  # div_stats mode (posterior eps)
+IW_NLL = 8  # importance-weighted NLL (counter = sample number k)
+CONDITIONAL = 9  # partial-latent sampling (counter = sample number)
+INTERPOLATION = 10  # interpolation (prior eps of the variates not fixed)
 
-# Sub-streams of one per-image draw (the last integer): which tensor of the image it fills.
-LATENT_STREAM, PRIOR_STREAM, OUTPUT_STREAM = 0, 1, 2
+# Streams of one image's draw (the last integer): which tensor of the image it fills.
+LATENT_STREAM = 0  # posterior eps (or prior eps of sampling), every latent layer
+PRIOR_STREAM = 1  # prior eps of the variates that masks set to the prior
+OUTPUT_STREAM = 2  # uniforms of the output head's sample
 
 SEED_BITS = 63  # derived seeds are in [0, 2**63): every generator accepts them
 
@@ -42,8 +43,3 @@ def derived_seed(seed, purpose, *counters):
 def image_seeds(seed, purpose, counter, indices, stream=LATENT_STREAM):
     """derived_seed(seed, purpose, counter, i, stream) for every image index i: a list of ints."""
     return [derived_seed(seed, purpose, counter, int(i), stream) for i in indices]
-
-
-def fold_path(purpose, *counters):
-    """The integers a JAX key is folded with, in order, for `derived_seed`'s arguments after the seed."""
-    return (int(purpose), *map(int, counters))

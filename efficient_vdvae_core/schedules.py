@@ -5,6 +5,7 @@ update still advances it (the PyTorch original's convention, model.md 6). Both f
 these functions, so their schedules cannot drift apart. No framework imports here.
 """
 import math
+from dataclasses import dataclass
 
 
 def _warmup_factor(step, warmup_steps):
@@ -107,3 +108,37 @@ def inference_step(loss_cfg):
     original = 10 * max(loss_cfg.vae_beta_anneal_steps, loss_cfg.gamma_max_steps)
     linear_end = 2 * loss_cfg.vae_beta_anneal_start + loss_cfg.vae_beta_anneal_steps
     return max(original, loss_cfg.gamma_max_steps + 1, linear_end)
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """Everything a training step needs from the schedules and the update rules, for iteration `step`."""
+    step: int
+    learning_rate: float
+    kl_beta: float
+    gamma_on: bool
+    clip_norm: float  # the clipping threshold; inf when clipping is off (leaves the gradients unchanged)
+    skip_threshold: float  # skip the update unless grad_norm < skip_threshold (inf when skipping is off)
+
+
+def skip_threshold(opt):
+    """The one skip rule of both frameworks: an update is skipped unless `grad_norm < skip_threshold(opt)`.
+
+    So a non-finite norm (NaN, inf) is always skipped, and a finite one when [optimizer] gradient_skip is
+    on and the norm is >= gradient_skip_threshold.
+    """
+    return float(opt.gradient_skip_threshold) if opt.gradient_skip else math.inf
+
+
+def is_skipped(grad_norm, threshold):
+    """The skip rule for a host float: not (grad_norm < threshold)."""
+    return not (grad_norm < threshold)
+
+
+def step_values(step, config):
+    """StepValues of iteration `step` (0-based; skipped iterations count) for a Config."""
+    opt = config.optimizer
+    return StepValues(step=int(step), learning_rate=learning_rate(step, opt), kl_beta=kl_beta(step, config.loss),
+                      gamma_on=gamma_active(step, config.loss),
+                      clip_norm=float(opt.gradient_clip_norm_value) if opt.clip_gradient_norm else math.inf,
+                      skip_threshold=skip_threshold(opt))

@@ -434,9 +434,12 @@ def main(args):
         params, ema, step = read_original_jax_checkpoint(args.input)
         stored = None
     elif Path(args.input).is_dir():  # a checkpoint_<step>/ folder of our JAX training (Orbax)
-        from efficient_vdvae_jax.utils.weights import read_orbax_weights
-        weights = read_orbax_weights(args.input)
-        params, ema, step, stored = weights.params, weights.ema, weights.step, weights.config_dict
+        import jax
+
+        from efficient_vdvae_jax.utils.checkpoint import read_orbax_state
+        state, meta = read_orbax_state(args.input)
+        params, ema = (jax.tree.map(np.asarray, state[k]) for k in ("params", "ema"))
+        step, stored = int(meta["step"]), meta["config"]
     elif args.to == "jax":
         params, ema, step, stored = _read_torch(args.input)
     else:

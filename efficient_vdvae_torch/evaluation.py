@@ -1,99 +1,106 @@
-"""Per-batch NELBO/SSIM evaluation shared by training-time validation and synthesis reconstruction."""
-from dataclasses import dataclass, field
+"""Per-image noise and the evaluation kernel that validation and the synthesis modes share (PyTorch, NCHW).
+
+Every random tensor of image i in a pass (`purpose`, `counter`) comes from its own generator seeded by
+`efficient_vdvae_core.randomness.image_seeds(seed, purpose, counter, [i], stream)`, so an image's result
+does not depend on its batch, its process, or what ran before.
+"""
+import math
 
 import torch
 
 from efficient_vdvae_core.config import is_binarized
-from efficient_vdvae_core.images import to_uint8
-from efficient_vdvae_torch.utils.distributed import all_reduce_sum
-from efficient_vdvae_torch.model.losses import LN2, vae_objective
+from efficient_vdvae_core.metrics import MNIST_SIZE
+from efficient_vdvae_core.randomness import LATENT_STREAM, OUTPUT_STREAM, PRIOR_STREAM, image_seeds
+from efficient_vdvae_core.training.backend import EvalOutput
+from efficient_vdvae_torch.model.losses import split_mol_logits, vae_objective
 from efficient_vdvae_torch.model.sampling import sample_bernoulli, sample_mol
 from efficient_vdvae_torch.utils.ssim import ssim_per_example
 
 
-def step_seed(seed, step, salt=0):
-    """A 63-bit seed that depends on (seed, step, salt) only."""
-    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2 ** 63 - 1)
+def latent_shapes(arch):
+    """(V, H, W) of every latent layer."""
+    return [(b.latent_variates, b.resolution, b.resolution) for b in arch.latent_layers]
 
 
-def latent_noise(arch, global_batch, rank, world_size, seed, step, device):
-    """Posterior noise eps for every latent layer of this rank's slice of the global batch.
-
-    The global batch's noise is drawn from a generator seeded by (seed, step) and rank r keeps the
-    examples r, r+W, ... (the data sharding), so 1 and W processes, and resumed runs, see the same eps.
-    """
-    g = torch.Generator(device=device).manual_seed(step_seed(seed, step))
-    return [torch.randn((global_batch, b.latent_variates, b.resolution, b.resolution), generator=g,
-                        device=device)[rank::world_size] for b in arch.latent_layers]
+def output_noise_shapes(config):
+    """Shapes of one image's output-head uniforms: MoL (M, R, R) and (C, R, R), Bernoulli (1, 28, 28)."""
+    if is_binarized(config.data):
+        return [(1, MNIST_SIZE, MNIST_SIZE)]
+    r = config.data.target_res
+    return [(config.model.num_output_mixtures, r, r), (config.data.channels, r, r)]
 
 
-def output_samples(logits, config, temperature=None, generator=None):
+def per_image_draw(seeds, shapes, device, kind="normal"):
+    """For each seed one generator, one flat draw split into `shapes`: a list of (B, *shape) tensors."""
+    sizes = [math.prod(s) for s in shapes]
+    rows = []
+    for seed in seeds:
+        g = torch.Generator(device=device).manual_seed(int(seed))
+        draw = torch.randn if kind == "normal" else torch.rand
+        rows.append(draw(sum(sizes), generator=g, device=device))
+    flat = torch.stack(rows)
+    parts, offset = [], 0
+    for size, shape in zip(sizes, shapes):
+        parts.append(flat[:, offset:offset + size].reshape(len(seeds), *shape))
+        offset += size
+    return parts
+
+
+def image_noise(config, arch, purpose, counter, indices, device, stream=LATENT_STREAM):
+    """Standard normal eps (B, V, H, W) per latent layer for images `indices` of a pass."""
+    return per_image_draw(image_seeds(config.run.seed, purpose, counter, indices, stream), latent_shapes(arch), device)
+
+
+def output_noise(config, purpose, counter, indices, device):
+    """The output head's uniforms for images `indices` of a pass."""
+    seeds = image_seeds(config.run.seed, purpose, counter, indices, OUTPUT_STREAM)
+    return per_image_draw(seeds, output_noise_shapes(config), device, kind="uniform")
+
+
+def output_samples(logits, config, noise=None, temperature=None, generator=None):
     """Images sampled from the output head: MoL in [-1, 1] (B, C, R, R), Bernoulli {0, 1} (B, 1, 28, 28)."""
     t = config.synthesis.output_temperature if temperature is None else temperature
     if is_binarized(config.data):
-        return sample_bernoulli(logits, temperature=t, generator=generator)
+        return sample_bernoulli(logits, temperature=t, generator=generator, noise=None if noise is None else noise[0])
     m = config.model
     return sample_mol(logits, num_bits=config.data.num_bits, num_mixtures=m.num_output_mixtures,
                       distribution_base=m.output_distribution_base, beta=m.output_gradient_smoothing_beta,
-                      min_log_scale=config.loss.min_mol_logscale, temperature=t, generator=generator)
+                      min_log_scale=config.loss.min_mol_logscale, temperature=t, generator=generator, noise=noise)
 
 
-@dataclass
-class BatchResult:
-    objective: object  # losses.VAEObjective
-    samples: torch.Tensor
-    ssim: torch.Tensor  # (B,)
-    logits: torch.Tensor
+def nhwc(tensor):
+    """(B, C, H, W) tensor -> float32 NumPy (B, H, W, C)."""
+    return tensor.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
-def evaluate_batch(model, images, config, *, step, noise=None, variate_masks=None, generator=None):
-    """Forward one batch; NELBO terms (divided by this batch's size), sampled outputs and SSIM per example."""
-    logits, posteriors, priors = model(images, variate_masks, noise)
-    objective = vae_objective(logits.float(), images, posteriors, priors, config, step=step,
+def evaluate_batch(model, images, config, arch, *, purpose, counter, indices, variate_masks=None, details=False):
+    """EvalOutput of one batch: posterior samples, NELBO terms at beta 1, output samples and SSIM per image.
+
+    Variates that `variate_masks` sets to 0 take prior samples and their KL is not counted.
+    """
+    device = images.device
+    noise = image_noise(config, arch, purpose, counter, indices, device)
+    prior_noise = None
+    if variate_masks is not None:
+        prior_noise = image_noise(config, arch, purpose, counter, indices, device, stream=PRIOR_STREAM)
+    logits, posteriors, priors = model(images, variate_masks, noise, prior_noise)
+    logits = logits.float()
+    objective = vae_objective(logits, images, posteriors, priors, config, beta=1.0, gamma_on=False,
                               batch_size=images.shape[0], variate_masks=variate_masks)
-    samples = output_samples(logits.float(), config, generator=generator)
+    samples = output_samples(logits, config, noise=output_noise(config, purpose, counter, indices, device))
     if is_binarized(config.data):
-        ssim = torch.zeros(images.shape[0], device=images.device)
+        ssim = torch.zeros(images.shape[0], device=device)
     else:
         ssim = ssim_per_example(samples, images)
-    return BatchResult(objective=objective, samples=samples, ssim=ssim, logits=logits)
-
-
-@dataclass
-class MetricAccumulator:
-    """Sums per-example metrics over batches and ranks; `result()` gives global means in reported units."""
-    binarized: bool
-    effective_pixels: int
-    n_layers: int
-    sums: dict = field(default_factory=dict)
-
-    def add(self, result):
-        obj = result.objective
-        b = obj.recon_per_example_nats.shape[0]
-        per_layer_bits = obj.kl_per_layer_bits_per_latent * b  # undo the batch mean
-        values = {"count": torch.tensor(float(b), device=per_layer_bits.device),
-                  "recon": obj.recon_per_example_nats.sum(), "kl": obj.kl_per_example_nats.sum(),
-                  "ssim": result.ssim.sum(), "kl_layers": per_layer_bits}
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0) + v.double()
-
-    def result(self, latent_active_threshold):
-        """Means over every example seen on every rank, in bits/dim (nats/image for binarized data)."""
-        flat = torch.cat([self.sums[k].reshape(-1) for k in ("count", "recon", "kl", "ssim", "kl_layers")])
-        flat = all_reduce_sum(flat)
-        count, recon, kl, ssim = flat[:4].tolist()
-        layers = flat[4:] / max(count, 1.0)
-        scale = 1.0 if self.binarized else 1.0 / (self.effective_pixels * LN2)
-        recon, kl = recon / count * scale, kl / count * scale
-        return {"reconstruction_loss": recon, "kl_div": kl, "nelbo": recon + kl, "ssim": ssim / count,
-                "kl_per_layer_bits": layers.tolist(), "n_examples": int(count),
-                "active_groups": int((layers >= latent_active_threshold).sum().item())}
-
-
-def images_to_uint8(images, config):
-    """(B, C, H, W) torch images -> uint8 (B, H, W, C) NumPy; binarized 32x32 targets cropped to 28x28."""
-    arr = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    if is_binarized(config.data) and arr.shape[1] == 32:
-        arr = arr[:, 2:30, 2:30]
-    return to_uint8(arr, binarized=is_binarized(config.data))
+    extra = {}
+    if details:
+        extra = {"inputs": nhwc(images), "samples": nhwc(samples)}
+        if not is_binarized(config.data):
+            _, means, log_scales, _ = split_mol_logits(logits, config.model.num_output_mixtures)
+            extra["histograms"] = {"OutputLayer/means": means.cpu().numpy(),
+                                   "OutputLayer/log_scales": log_scales.cpu().numpy()}
+    return EvalOutput(recon_nats=objective.recon_per_example_nats.double().cpu().numpy(),
+                      kl_nats=objective.kl_per_example_nats.double().cpu().numpy(),
+                      kl_per_layer_bits=objective.kl_per_example_layer_bits.double().cpu().numpy(),
+                      ssim=ssim.double().cpu().numpy(), **extra)

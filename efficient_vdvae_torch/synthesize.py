@@ -1,32 +1,23 @@
-"""Run a trained Efficient-VDVAE: reconstruction, generation, div_stats, encoding or decoding (synthesis.synthesis_mode)."""
-import os
-
+"""Run a trained Efficient-VDVAE with PyTorch: reconstruction, generation, div_stats, encoding or decoding."""
 from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.cli import build_synthesis_parser, run_main
-from efficient_vdvae_core.errors import UserError
-from efficient_vdvae_core.runs import resolve_run_config
-from efficient_vdvae_torch.inference import InferenceOptions, run
+from efficient_vdvae_core.synthesis.entry import synthesize_main
 
 
 def main(args):
     """Run a trained model in its synthesis_mode: reconstruction, generation, div_stats, encoding or decoding.
 
-    The run must exist (its saved config is used, with --set overrides on top); one process.
+    The run must exist (its saved config is used, with --set overrides on top).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("synthesize.py runs in one process: start it with python, not torchrun")
-    if args.max_images is not None and args.max_images < 1:
-        raise UserError(f"--max-images must be >= 1 (got {args.max_images})")
-    config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference")
-    options = InferenceOptions(checkpoint=args.checkpoint, split=args.split, encodings=args.encodings,
-                               sample_temperature=args.sample_temperature, max_images=args.max_images)
-    return run(config, paths, options)
+    from efficient_vdvae_torch import backend
+    return synthesize_main(args, backend)
 
 
 def parser():
     return build_synthesis_parser(
         main.__doc__.splitlines()[0],
-        checkpoint_help="use this checkpoint file (ours or the original's) instead of the run's newest")
+        checkpoint_help="use this checkpoint instead of the run's newest: a .pt file (ours or the original's), "
+                        "one of our JAX checkpoint_<step> folders or a converted .npz")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ EGS = REPO / "egs"
 REFERENCE = REPO.parent / "shared" / "reference"
 
 
+def at_step(step, config):
+    """The loss's schedule arguments at `step`: {'beta': ..., 'gamma_on': ...} for vae_objective."""
+    from efficient_vdvae_core.schedules import gamma_active, kl_beta
+    return {"beta": kl_beta(step, config.loss), "gamma_on": gamma_active(step, config.loss)}
+
+
 def egs_config(name, *overrides):
     """Load egs/<name>.cfg with optional 'section.key=value' overrides."""
     return load_config(EGS / f"{name}.cfg", list(overrides))[0]

@@ -4,15 +4,12 @@ Training batches follow `efficient_vdvae_core.data.stream`, the stream of the Py
 global batch of a step is a pure function of (seed, step), so any number of devices or hosts, and a
 resumed run, see the same images with the same augmentation. Each process loads its contiguous block
 of rows (`distributed.local_rows`). Items are decoded by a small thread pool a few steps ahead.
-Eval batches have a fixed global size (a multiple of the device count, so one compiled shape); the
-last one is padded by repeating its last image, and `n_valid` says how many rows are real.
+Eval batches follow an `efficient_vdvae_core.evaluation.EvalPlan` (fixed global size, padded last batch).
 Arrays are float32 NHWC.
 """
-import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +35,9 @@ def _load_item(images, seed, key):
 class TrainStream:
     """Endless iterator of this process's rows (float32 NHWC) of the global batches of steps start_step, ..."""
 
-    def __init__(self, cfg, *, start_step=0, num_threads=None):
+    def __init__(self, cfg, *, start_step=0, num_threads=None, images=None):
         global_batch = cfg.train.batch_size
-        self.images = make_dataset(cfg.data, "train", seed=cfg.run.seed)
+        self.images = make_dataset(cfg.data, "train", seed=cfg.run.seed) if images is None else images
         if len(self.images) < global_batch:
             raise UserError(f"the train split of {cfg.data.dataset_source} has {len(self.images)} images, fewer "
                             f"than [train] batch_size = {global_batch}")
@@ -72,39 +69,9 @@ class TrainStream:
                 step += 1
 
 
-@dataclass(frozen=True)
-class EvalBatch:
-    images: np.ndarray  # float32 (B_local, H, W, C), this process's rows of a padded global batch
-    names: list  # names of the real images of the whole global batch
-    n_valid: int  # real rows of the global batch (the rest repeat the last image)
-    start: int  # index of the first image of the batch in the split
-
-
-class EvalBatches:
-    """In-order padded global batches over a fixed split (last partial batch padded, never dropped)."""
-
-    def __init__(self, cfg, split, *, batch_size, multiple=1, n_samples=None, subset_ratio=None, num_threads=None):
-        self.images = make_dataset(cfg.data, split, seed=cfg.run.seed, n_samples=n_samples, subset_ratio=subset_ratio)
-        if len(self.images) == 0:
-            raise UserError(f"the {split} split of {cfg.data.dataset_source} has no images; check the [data] paths")
-        self.batch_size = -(-batch_size // multiple) * multiple
-        self.rows = slice(*local_rows(self.batch_size))
-        self.num_threads = default_num_threads(cfg) if num_threads is None else num_threads
-
-    def __len__(self):
-        return math.ceil(len(self.images) / self.batch_size)
-
-    @property
-    def n_images(self):
-        return len(self.images)
-
-    def __iter__(self):
-        n = len(self.images)
-        with ThreadPoolExecutor(self.num_threads) as pool:
-            for start in range(0, n, self.batch_size):
-                stop = min(start + self.batch_size, n)
-                indices = list(range(start, stop)) + [stop - 1] * (self.batch_size - (stop - start))
-                mine = indices[self.rows]
-                images = np.stack(list(pool.map(self.images.load, mine)))
-                yield EvalBatch(images=images, names=[self.images.name(i) for i in range(start, stop)],
-                                n_valid=stop - start, start=start)
+def plan_batches(cfg, images, plan, *, num_threads=None):
+    """This process's rows (float32 NHWC) of every batch of an EvalPlan, decoded by a thread pool."""
+    threads = default_num_threads(cfg) if num_threads is None else num_threads
+    with ThreadPoolExecutor(threads) as pool:
+        for rows in plan:
+            yield np.stack(list(pool.map(images.load, [int(i) for i in rows.images])))

@@ -149,6 +149,7 @@ class VAEObjective:
     kl_per_layer_bits_per_latent: jax.Array  # (N_lat,), KL rate per latent element (avg_kl_divs)
     recon_per_example_nats: jax.Array  # (B,)
     kl_per_example_nats: jax.Array  # (B,)
+    kl_per_example_layer_bits: jax.Array  # (B, N_lat): each example's KL per latent element, bits
     gamma_weights: jax.Array  # (N_lat,): the gamma weights, all ones while gamma is off (torch: None)
     beta: jax.Array  # scalar, the KL weight used
     effective_pixels: int = struct.field(pytree_node=False)  # E
@@ -199,7 +200,8 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, b
     kl_per_example_layer = jnp.stack(kl_sums, axis=1)  # (B, N_lat)
     kl_per_layer_nats = kl_per_example_layer.sum(axis=0)  # (N_lat,)
     kl_per_layer = kl_per_layer_nats / denom
-    kl_per_latent = kl_per_layer_nats / (batch_size * jnp.asarray(latent_counts, kl_per_layer_nats.dtype))
+    counts = jnp.asarray(latent_counts, kl_per_layer_nats.dtype)
+    kl_per_latent = kl_per_layer_nats / (batch_size * counts)
     kl_true = kl_per_layer.sum()
 
     stats = jax.lax.stop_gradient(jnp.stack([kl_per_layer, kl_per_latent]))  # (2, N_lat)
@@ -215,7 +217,8 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, b
         loss=loss, recon_nats_per_dim=sg(recon), kl_nats_per_dim=sg(kl_true), kl_loss_nats_per_dim=sg(kl_term),
         kl_per_layer_nats_per_dim=sg(kl_per_layer), kl_per_layer_bits_per_latent=sg(kl_per_latent) / LN2,
         recon_per_example_nats=sg(recon_per_example), kl_per_example_nats=sg(kl_per_example_layer.sum(axis=1)),
-        gamma_weights=weights, beta=beta, effective_pixels=n_dims, binarized=binarized)
+        kl_per_example_layer_bits=sg(kl_per_example_layer / (counts * LN2)), gamma_weights=weights, beta=beta,
+        effective_pixels=n_dims, binarized=binarized)
 
 
 @struct.dataclass

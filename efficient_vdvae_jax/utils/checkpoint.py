@@ -1,33 +1,34 @@
-"""Numbered Orbax checkpoints under checkpoints-<run.name>/: checkpoint_<step>/{state,meta}.
+"""JAX checkpoints: Orbax folders `checkpoints-<name>/checkpoint_<step>/{state,meta}`, and weights of any format.
 
-`state` is the TrainState pytree (params, EMA params, optimizer state, step and skip counters, all
-jax.Arrays); `meta` is JSON: the step, the skip counters and the resolved config dict. `step` = number
-of completed training iterations (training resumes at that iteration), as the PyTorch side's
-`checkpoint_<step>.pt`. Orbax writes each checkpoint into a temporary folder and renames it when it is
-complete, and keeps the newest `max_allowed_checkpoints`.
+`state` is the TrainState pytree (params, EMA params, optimizer state, all jax.Arrays); `meta` is JSON
+(format_version, step, skips, consecutive_skips, framework, config). Orbax writes each checkpoint into
+a temporary folder and renames it when complete; every process takes part in a multi-process save.
+Numbering, fall-back, pruning and the write-failure policy are `efficient_vdvae_core.checkpoints`.
 """
+import re
+import zipfile
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError
+from efficient_vdvae_core.weights import Weights
 
-STEP_PREFIX = "checkpoint"
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used, with the folder named."""
+_TEMPORARY = re.compile(r"^checkpoint_\d+\.orbax-checkpoint-tmp")
 
 
-def _manager(directory, keep=None, read_only=False):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=STEP_PREFIX, create=not read_only,
-                                           read_only=read_only)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+def _checkpointer():
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _reason(exc):
+    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return text
 
 
 def abstract_like(tree):
-    """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
@@ -37,85 +38,102 @@ def on_device(shapes, device):
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-class CheckpointStore:
-    """Save and restore the numbered checkpoints of one run folder."""
+class OrbaxCodec:
+    """One checkpoint as one Orbax folder; `target` (abstract state with shardings) shapes what is read."""
+    suffix = ""
 
-    def __init__(self, directory, keep):
-        self.directory = Path(directory)
-        self.manager = _manager(self.directory, keep)
+    def __init__(self, target=None):
+        self.target = target
 
-    def steps(self):
-        return list(self.manager.all_steps())
+    def write(self, path, checkpoint):
+        _checkpointer().save(Path(path).absolute(), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(checkpoint.state), meta=ocp.args.JsonSave(checkpoint.meta)))
 
-    def path(self, step):
-        return self.directory / f"{STEP_PREFIX}_{step}"
+    def read(self, path):
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not an Orbax checkpoint folder")
+        try:
+            restored = _checkpointer().restore(path.absolute(), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(self.target), meta=ocp.args.JsonRestore()))
+        except Exception as exc:  # a truncated or foreign folder
+            raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
+        return Checkpoint(meta=restored["meta"], state=restored["state"])
 
-    def save(self, step, state, meta):
-        """Start writing checkpoint_<step> (asynchronously; `wait` or `close` finishes it); returns its path."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)))
-        return self.path(step)
+    def is_temporary(self, name):
+        return bool(_TEMPORARY.match(name))
 
-    def restore_latest(self, abstract_state, log=print):
-        """(step, state, meta) of the newest readable checkpoint, falling back past broken ones; None if none."""
-        steps = sorted(self.steps(), reverse=True)
-        for i, step in enumerate(steps):
-            try:
-                return (step, *restore(self.manager, step, abstract_state))
-            except Exception as exc:  # a truncated or foreign folder: say so and try the previous one
-                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                nxt = f"falling back to {STEP_PREFIX}_{steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint"
-                log(f"warning: {self.path(step)}: unreadable checkpoint ({reason}); {nxt}")
-        return None
-
-    def wait(self):
-        self.manager.wait_until_finished()
-
-    def close(self):
-        self.manager.close()
-
-
-def restore(manager, step, abstract_state):
-    """(state, meta) of one step of an open CheckpointManager."""
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                             meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    def extra_candidates(self, directory):
+        return []
 
 
 def read_meta(folder):
     """The JSON meta (step, counters, config dict) of a checkpoint folder checkpoint_<step>/."""
     folder = Path(folder)
-    step = parse_step(folder)
-    with _manager(folder.parent, read_only=True) as manager:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+        return _checkpointer().restore(folder.absolute(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as exc:
+        raise CheckpointError(f"{folder}: unreadable checkpoint ({_reason(exc)})") from None
 
 
-def read_checkpoint(folder, abstract_state):
-    """(state, meta) of a checkpoint folder checkpoint_<step>/, restored onto `abstract_state`'s shardings."""
-    folder = Path(folder)
-    step = parse_step(folder)
-    with _manager(folder.parent, read_only=True) as manager:
-        try:
-            return restore(manager, step, abstract_state)
-        except Exception as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{folder}: unreadable checkpoint ({reason})") from None
+def read_orbax_state(folder):
+    """(TrainState on the first device, meta) of one of our Orbax folders, shaped by its stored config."""
+    from efficient_vdvae_core.weights import stored_config
+    from efficient_vdvae_jax.model.autoencoder import build_model
+    from efficient_vdvae_jax.utils.optim import build_direction
+    from efficient_vdvae_jax.utils.state import init_state, split_model
+    meta = read_meta(folder)
+    config = stored_config(meta["config"], folder)
+    shapes = jax.eval_shape(lambda: init_state(split_model(build_model(config))[1], build_direction(config.optimizer)))
+    checkpoint = OrbaxCodec(on_device(shapes, jax.devices()[0])).read(folder)
+    return checkpoint.state, checkpoint.meta
 
 
-def parse_step(folder):
-    """The step of a folder named checkpoint_<step>; CheckpointError otherwise."""
-    folder = Path(folder)
-    prefix = f"{STEP_PREFIX}_"
-    if not (folder.is_dir() and folder.name.startswith(prefix) and folder.name[len(prefix):].isdigit()):
-        raise CheckpointError(f"{folder}: not an Orbax checkpoint folder named {STEP_PREFIX}_<step>")
-    return int(folder.name[len(prefix):])
+def _is_npz(path):
+    """True for a NumPy .npz archive (a zip of .npy members; a PyTorch file is a zip of pickles)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
-def latest_folder(directory):
-    """The newest checkpoint_<step>/ folder of a run, or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    with _manager(directory, read_only=True) as manager:
-        step = manager.latest_step()
-    return None if step is None else directory / f"{STEP_PREFIX}_{step}"
+def read_weights(path):
+    """Weights (NumPy, PyTorch layout) of an Orbax folder, a converted .npz or a PyTorch .pt file."""
+    from efficient_vdvae_jax.convert import jax_params_to_torch_state_dict, load_jax_params
+    path = Path(path)
+    if path.is_dir():
+        state, meta = read_orbax_state(path)
+        to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(lambda x: jax.device_get(x), tree)))
+        return Weights(params=to_torch(state["params"]), ema=to_torch(state["ema"]), step=int(meta["step"]),
+                       config_dict=meta["config"], source=path, kind="jax")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if _is_npz(path):
+        saved = load_jax_params(path)
+        return Weights(params=jax_params_to_torch_state_dict(saved.params),
+                       ema=None if saved.ema is None else jax_params_to_torch_state_dict(saved.ema),
+                       step=saved.step, config_dict=saved.config, source=path, kind="npz")
+    return read_torch_file(path)
+
+
+def read_torch_file(path):
+    """Weights of a PyTorch checkpoint file (ours or the original's), read with torch (needed only here)."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e '.[torch]')") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
+    if not isinstance(state, dict) or "model_state_dict" not in state:
+        raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint (no 'model_state_dict')")
+    original = "format_version" not in state
+    step = int(state["step"]) if "step" in state else int(state.get("global_step", -1)) + 1
+
+    def numpy(state_dict):
+        return None if state_dict is None else {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+    return Weights(params=numpy(state["model_state_dict"]), ema=numpy(state.get("ema_model_state_dict")), step=step,
+                   config_dict=None if original else state.get("config"), source=path,
+                   kind="original-torch" if original else "torch")

@@ -95,3 +95,10 @@ def sync(name):
     """Wait until every process reaches this point (a no-op in one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def all_reduce_sum(array):
+    """Sum a host NumPy array over all processes (the array itself in one process)."""
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(array))).sum(axis=0)

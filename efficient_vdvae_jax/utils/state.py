@@ -20,8 +20,5 @@ def merge_model(graphdef, params, rest):
 
 
 def init_state(params, tx):
-    """A fresh TrainState: a dict of params, EMA params (a copy), optimizer state and int32 counters."""
-    def zero():
-        return jnp.zeros([], jnp.int32)
-    return {"params": params, "ema": jax.tree.map(jnp.array, params), "opt_state": tx.init(params),
-            "step": zero(), "skips": zero(), "consecutive_skips": zero()}
+    """A fresh TrainState: a dict of params, EMA params (a copy) and optimizer state (the counters are the core's)."""
+    return {"params": params, "ema": jax.tree.map(jnp.array, params), "opt_state": tx.init(params)}

@@ -88,14 +88,17 @@ def _pin_memory(cfg):
     return torch.cuda.is_available() and cfg.run.device != "cpu"
 
 
-def make_train_loader(cfg, *, rank, world_size, start_step=0, num_workers=None):
-    """Endless TrainStream of this rank's share of every global batch of [train] batch_size."""
+def make_train_loader(cfg, *, rank, world_size, start_step=0, num_workers=None, images=None):
+    """Endless TrainStream of this rank's share of every global batch of [train] batch_size.
+
+    `images`: the opened train split (opened here when None).
+    """
     _check_world(rank, world_size)
     global_batch = cfg.train.batch_size
     if global_batch % world_size:
         raise UserError(f"[train] batch_size = {global_batch} is not divisible by the {world_size} processes; "
                         f"use a multiple of {world_size}")
-    images = make_dataset(cfg.data, "train", seed=cfg.run.seed)
+    images = make_dataset(cfg.data, "train", seed=cfg.run.seed) if images is None else images
     if len(images) < global_batch:
         raise UserError(f"the train split of {cfg.data.dataset_source} has {len(images)} images, fewer than "
                         f"[train] batch_size = {global_batch}")
@@ -107,16 +110,12 @@ def make_train_loader(cfg, *, rank, world_size, start_step=0, num_workers=None):
     return TrainStream(loader, sampler)
 
 
-def make_eval_loader(cfg, split, *, rank=0, world_size=1, batch_size, n_samples=None, subset_ratio=None,
-                     with_names=False, num_workers=None):
-    """DataLoader over this rank's shard (indices rank::world_size) of a fixed split, in order, last batch kept.
+def plan_loader(cfg, images, plan, *, with_names=False, num_workers=None):
+    """DataLoader over this process's rows of every batch of an EvalPlan (padding rows repeat an image).
 
     Yields (B, C, H, W) float32 tensors, or (tensor, list of names) with `with_names`.
     """
-    _check_world(rank, world_size)
-    images = make_dataset(cfg.data, split, seed=cfg.run.seed, n_samples=n_samples, subset_ratio=subset_ratio)
-    shard = range(rank, len(images), world_size)
-    batches = [[(i, 0) for i in shard[s:s + batch_size]] for s in range(0, len(shard), batch_size)]
+    batches = [[(int(i), 0) for i in rows.images] for rows in plan]
     workers = default_num_workers(cfg) if num_workers is None else num_workers
     return DataLoader(TorchImages(images, cfg.run.seed, with_names), batch_sampler=batches, collate_fn=collate,
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
+                      num_workers=workers, persistent_workers=False, pin_memory=_pin_memory(cfg))

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.metrics import (LN2, MNIST_CROP, MNIST_SIZE, effective_pixels, nats_per_dim_to_report,  # noqa: F401
                                           num_classes, pixel_range, report_unit_name)
-from efficient_vdvae_core.schedules import gamma_active, kl_beta
 
 CDF_DELTA_THRESHOLD = 1e-5  # interior pixels with less bin mass use the density at the bin centre
 
@@ -170,18 +169,20 @@ class VAEObjective:
     kl_per_layer_bits_per_latent: torch.Tensor  # (N_lat,), KL rate per latent element (avg_kl_divs)
     recon_per_example_nats: torch.Tensor  # (B,)
     kl_per_example_nats: torch.Tensor  # (B,)
+    kl_per_example_layer_bits: torch.Tensor  # (B, N_lat): each example's KL per latent element, bits
     gamma_weights: Optional[torch.Tensor]  # (N_lat,) or None when gamma is off
     beta: float
     effective_pixels: int  # E
     binarized: bool  # Bernoulli head: reported in nats/image instead of bits/dim
 
 
-def vae_objective(logits, targets, posteriors, priors, cfg, *, step, batch_size, variate_masks=None,
+def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, batch_size, variate_masks=None,
                   gamma_stats_reduce=None):
     """Negative ELBO objective of one batch (model.md 5.4-5.6).
 
     logits/targets: output head logits and data (NCHW); posteriors/priors: one stats pair per latent
-    layer in layer order; cfg: efficient_vdvae_core.config.Config; step drives beta and gamma;
+    layer in layer order; cfg: efficient_vdvae_core.config.Config; `beta` (KL weight) and `gamma_on`
+    (gamma balancing active) are the schedules' values of the step (efficient_vdvae_core.schedules);
     batch_size: the divisor B_g (the per-process batch under DDP). variate_masks: optional list of
     (V,) tensors (or None entries); masked-out variates contribute no KL.
     gamma_stats_reduce: optional callable applied to the detached (2, N_lat) tensor [KL per dim;
@@ -219,13 +220,13 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, step, batch_size,
     kl_per_example_layer = torch.stack(kl_sums, dim=1)  # (B, N_lat)
     kl_per_layer_nats = kl_per_example_layer.sum(dim=0)  # (N_lat,)
     kl_per_layer = kl_per_layer_nats / denom
-    kl_per_latent = kl_per_layer_nats / (batch_size * torch.tensor(latent_counts, dtype=kl_per_layer_nats.dtype,
-                                                                device=kl_per_layer_nats.device))
+    counts = torch.tensor(latent_counts, dtype=kl_per_layer_nats.dtype, device=kl_per_layer_nats.device)
+    kl_per_latent = kl_per_layer_nats / (batch_size * counts)
     kl_true = kl_per_layer.sum()
 
-    beta = kl_beta(step, cfg.loss)
+    beta = float(beta)
     weights = None
-    if gamma_active(step, cfg.loss):
+    if gamma_on:
         stats = torch.stack([kl_per_layer, kl_per_latent]).detach()  # (2, N_lat)
         if gamma_stats_reduce is not None:
             stats = gamma_stats_reduce(stats)
@@ -240,6 +241,7 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, step, batch_size,
         kl_per_layer_bits_per_latent=kl_per_latent.detach() / LN2,
         recon_per_example_nats=recon_per_example.detach(),
         kl_per_example_nats=kl_per_example_layer.sum(dim=1).detach(),
+        kl_per_example_layer_bits=(kl_per_example_layer / (counts * LN2)).detach(),
         gamma_weights=weights, beta=beta, effective_pixels=n_dims, binarized=binarized)
 
 

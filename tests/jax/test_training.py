@@ -65,7 +65,7 @@ def restored(paths, step=None):
     """(TrainState as NumPy, meta) of a run's checkpoint (default: the newest)."""
     import jax
 
-    from efficient_vdvae_jax.utils.weights import read_orbax_state
+    from efficient_vdvae_jax.utils.checkpoint import read_orbax_state
     state, meta = read_orbax_state(paths.checkpoints / f"checkpoint_{step or checkpoint_steps(paths)[-1]}")
     return jax.tree.map(np.asarray, state), meta
 

@@ -16,7 +16,7 @@ from efficient_vdvae_jax.model import losses as jax_losses
 from efficient_vdvae_jax.model.autoencoder import Autoencoder, load_params
 from efficient_vdvae_torch.model import losses as torch_losses
 from efficient_vdvae_torch.model.autoencoder import build_model as build_torch_model
-from tests.conftest import egs_config
+from tests.conftest import at_step, egs_config
 
 
 TOLERANCE = 1e-4  # max |jax - torch| / max |torch| per quantity
@@ -70,7 +70,7 @@ def test_forward_losses_and_prior_sampling_match(name, overrides):
     x, noise = batch(config, arch)
     with torch.no_grad():
         t_logits, t_post, t_prior = torch_model(x, noise=noise)
-    t_obj = torch_losses.vae_objective(t_logits, x, t_post, t_prior, config, step=STEP, batch_size=3)
+    t_obj = torch_losses.vae_objective(t_logits, x, t_post, t_prior, config, **at_step(STEP, config), batch_size=3)
     t_report = torch_losses.report_units(t_obj)
 
     beta, gamma_on = kl_beta(STEP, config.loss), gamma_active(STEP, config.loss)
@@ -110,7 +110,7 @@ def test_gradients_match():
     torch_model, jax_model = twin_models(config, seed=3)
     x, noise = batch(config, torch_model.arch, size=2, seed=4)
     logits, post, prior = torch_model(x, noise=noise)
-    torch_losses.vae_objective(logits, x, post, prior, config, step=STEP, batch_size=2).loss.backward()
+    torch_losses.vae_objective(logits, x, post, prior, config, **at_step(STEP, config), batch_size=2).loss.backward()
     torch_grads = {k: p.grad.numpy() for k, p in torch_model.named_parameters()}
 
     def loss_fn(model):

@@ -11,6 +11,7 @@ import torch
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_torch.model import losses
 from tests import numpy_reference as ref
+from tests.conftest import at_step
 
 EGS = Path(__file__).resolve().parents[2] / "egs"
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
@@ -266,7 +267,7 @@ def test_objective_mol_and_kl_vectors(cifar_cfg):
     prior = [torch.tensor(kl_data["q_mean_nchw"]), torch.tensor(kl_data["q_std_nchw"])]
     small = [t[:, :, :2, :2] for t in post], [t[:, :, :2, :2] for t in prior]
     out = losses.vae_objective(torch.tensor(data["logits_nchw"]), torch.tensor(data["targets_nchw"]),
-                               [post, small[0]], [prior, small[1]], cfg, step=0, batch_size=4)
+                               [post, small[0]], [prior, small[1]], cfg, **at_step(0, cfg), batch_size=4)
     kl_small = losses.gaussian_kl(small[0], small[1], distribution_base="std", beta=BETA_LN2).sum().item()
     kl_full = kl_data["loss"] * 4 * 3072  # total nats of the KL file
     assert out.effective_pixels == 192 and not out.binarized and out.beta == 1.0 and out.gamma_weights is None
@@ -294,7 +295,7 @@ def test_objective_binarized_reports_nats_per_image():
                       model__distribution_base="std", model__gradient_smoothing_beta=BETA_LN2)
     posts, priors = random_stats(1, [(4, 3, 2, 2)])
     logits, targets = torch.tensor(data["logits_nchw"]), torch.tensor(data["targets_nchw"])
-    out = losses.vae_objective(logits.double(), targets.double(), posts, priors, cfg, step=10 ** 6, batch_size=4)
+    out = losses.vae_objective(logits.double(), targets.double(), posts, priors, cfg, **at_step(10 ** 6, cfg), batch_size=4)
     assert out.binarized and out.effective_pixels == 784 and out.gamma_weights is None
     np.testing.assert_allclose(out.recon_nats_per_dim.item(), data["loss_f64"], rtol=1e-12)
     report = losses.report_units(out)
@@ -322,7 +323,7 @@ def test_objective_gamma_balancing(cifar_cfg, scaled):
     cfg = with_values(cifar_cfg, data__target_res=4, model__num_output_mixtures=2, loss__scaled_gamma=scaled)
     logits, targets, posts, priors = objective_inputs(cfg)
     step = 2521
-    out = losses.vae_objective(logits, targets, posts, priors, cfg, step=step, batch_size=2)
+    out = losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(step, cfg), batch_size=2)
     weights = out.gamma_weights
     assert weights is not None and not weights.requires_grad
     assert weights.sum().item() == pytest.approx(3.0, rel=1e-12)
@@ -355,7 +356,7 @@ def test_objective_gamma_stats_reduce_makes_shards_match_the_full_batch(cifar_cf
     cfg = with_values(cifar_cfg, data__target_res=4, model__num_output_mixtures=2)
     logits, targets, posts, priors = objective_inputs(cfg, seed=4, shapes=((4, 4, 1, 1), (4, 4, 2, 2)))
     logits, targets = logits.repeat(2, 1, 1, 1), targets.repeat(2, 1, 1, 1)
-    full = losses.vae_objective(logits, targets, posts, priors, cfg, step=5, batch_size=4)
+    full = losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(5, cfg), batch_size=4)
     full.loss.backward()
     full_grads = [p[0].grad.clone() for p in posts]
     global_stats = torch.stack([full.kl_per_layer_nats_per_dim, full.kl_per_layer_bits_per_latent * losses.LN2])
@@ -364,7 +365,7 @@ def test_objective_gamma_stats_reduce_makes_shards_match_the_full_batch(cifar_cf
         for p in posts:
             p[0].grad = None
         cut = [[t[shard] for t in stats] for stats in posts], [[t[shard] for t in stats] for stats in priors]
-        out = losses.vae_objective(logits[shard], targets[shard], *cut, cfg, step=5, batch_size=2,
+        out = losses.vae_objective(logits[shard], targets[shard], *cut, cfg, **at_step(5, cfg), batch_size=2,
                                    gamma_stats_reduce=lambda local: global_stats)
         torch.testing.assert_close(out.gamma_weights, full.gamma_weights)
         out.loss.backward()
@@ -377,7 +378,7 @@ def test_objective_gamma_off_and_beta_schedule(cifar_cfg):
     cfg = with_values(cifar_cfg, data__target_res=4, model__num_output_mixtures=2)
     logits, targets, posts, priors = objective_inputs(cfg, seed=3)
     for step, beta in [(0, 1e-4), (10001, 1.0), (5041, 5020 / 5021)]:
-        out = losses.vae_objective(logits, targets, posts, priors, cfg, step=step, batch_size=2)
+        out = losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(step, cfg), batch_size=2)
         assert out.beta == pytest.approx(beta, rel=1e-12)
         assert (out.gamma_weights is None) == (step > 10000)
         kl_term = out.kl_loss_nats_per_dim if step <= 10000 else out.kl_nats_per_dim
@@ -388,7 +389,7 @@ def test_objective_masks_drop_kl_of_masked_variates(cifar_cfg):
     cfg = with_values(cifar_cfg, data__target_res=4, model__num_output_mixtures=2, loss__use_gamma_schedule=False)
     logits, targets, posts, priors = objective_inputs(cfg, seed=5)
     masks = [torch.tensor([1., 0., 1., 0.], dtype=torch.float64), None, torch.tensor([True, True, False, False])]
-    out = losses.vae_objective(logits, targets, posts, priors, cfg, step=10 ** 6, batch_size=2, variate_masks=masks)
+    out = losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(10 ** 6, cfg), batch_size=2, variate_masks=masks)
     np_masks = [[1, 0, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
     kls = numpy_kls(posts, priors)
     _, per_dim, per_latent, _ = ref.vae_loss(np.zeros(1), kls, batch_size=2, effective_pixels=48, beta=1.0,
@@ -401,7 +402,7 @@ def test_objective_masks_drop_kl_of_masked_variates(cifar_cfg):
     out.loss.backward()
     assert torch.all(posts[0][0].grad[:, [1, 3]] == 0) and torch.all(posts[0][0].grad[:, [0, 2]] != 0)
     assert torch.all(posts[2][0].grad[:, 2:] == 0)
-    unmasked = losses.vae_objective(logits, targets, posts, priors, cfg, step=10 ** 6, batch_size=2)
+    unmasked = losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(10 ** 6, cfg), batch_size=2)
     assert unmasked.kl_nats_per_dim > out.kl_nats_per_dim
 
 
@@ -409,11 +410,11 @@ def test_objective_argument_errors(cifar_cfg):
     cfg = with_values(cifar_cfg, data__target_res=4, model__num_output_mixtures=2)
     logits, targets, posts, priors = objective_inputs(cfg)
     with pytest.raises(ValueError, match="variate_masks"):
-        losses.vae_objective(logits, targets, posts, priors, cfg, step=0, batch_size=2, variate_masks=[None])
+        losses.vae_objective(logits, targets, posts, priors, cfg, **at_step(0, cfg), batch_size=2, variate_masks=[None])
     with pytest.raises(ValueError, match="posterior"):
-        losses.vae_objective(logits, targets, posts, priors[:2], cfg, step=0, batch_size=2)
+        losses.vae_objective(logits, targets, posts, priors[:2], cfg, **at_step(0, cfg), batch_size=2)
     with pytest.raises(ValueError, match="target_res"):
-        losses.vae_objective(logits, targets, posts, priors, with_values(cfg, data__target_res=8), step=0, batch_size=2)
+        losses.vae_objective(logits, targets, posts, priors, with_values(cfg, data__target_res=8), **at_step(0, cfg), batch_size=2)
 
 
 def test_gamma_weights_edge_cases():

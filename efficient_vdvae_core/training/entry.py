@@ -1,0 +1,89 @@
+"""`train.py` of both frameworks: checks before anything is written, the run's lock and folder, then the loop.
+
+Nothing of the run is written for a config, data, checkpoint or argument problem, nor when another
+process trains the same run in the same folder (`logs-<name>/.lock`, held by the main process until
+the end): every check below runs before the run's config is saved.
+"""
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from efficient_vdvae_core.checkpoints import CheckpointFolder
+from efficient_vdvae_core.config import load_config
+from efficient_vdvae_core.data import make_dataset
+from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
+from efficient_vdvae_core.training.loop import run_training
+from efficient_vdvae_core.weights import check_fits
+
+
+def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
+    """Refuse, before anything of the run is written, options, data and weights that cannot work.
+
+    The batch must split over the replicas; the train and validation splits must open (a missing or
+    empty folder, a file that is not an image, too few images: one line naming the key and the path;
+    the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
+    folder is checked here); for a run without checkpoints, `init_checkpoint` must fit the model.
+    """
+    framework.check_options(config)
+    if config.train.batch_size % dist.n_shards:
+        raise UserError(f"[train] batch_size = {config.train.batch_size} is not divisible by the {dist.n_shards} "
+                        f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")
+    data = config.data
+    if data.dataset_source == "imagenet" and not data.decoded_cache:
+        folder = Path(os.path.expanduser(data.train_data_path)).absolute()
+        if not folder.is_dir():
+            raise UserError(f"[data] train_data_path = '{data.train_data_path}': folder {folder} not found; "
+                            "prepare the dataset (data_scripts/) or fix the path")
+    else:
+        train = make_dataset(data, "train", seed=config.run.seed)
+        if len(train) < config.train.batch_size:
+            raise UserError(f"the train split of {data.dataset_source} has {len(train)} images, fewer than "
+                            f"[train] batch_size = {config.train.batch_size}")
+    make_dataset(data, "val", seed=config.run.seed, n_samples=config.val.n_samples_for_validation)
+    has_checkpoints = paths.checkpoints.is_file() or bool(CheckpointFolder(paths.checkpoints, _Suffix(framework)).list())
+    if init_checkpoint is None or has_checkpoints:
+        return
+    check_fits(framework.read_weights(init_checkpoint), framework.param_shapes(config),
+               what=f"does not match the model of [run] name = {config.run.name}")
+
+
+class _Suffix:
+    """The part of a codec that listing needs."""
+
+    def __init__(self, framework):
+        self.suffix = framework.checkpoint_suffix
+
+
+def train_main(args, framework):
+    """Lock the run, check its config and data before the main process saves the config, train."""
+    given, _ = load_config(args.config, args.overrides)
+    if args.from_checkpoint is not None and not os.path.exists(args.from_checkpoint):
+        raise UserError(f"--from-checkpoint {args.from_checkpoint}: file not found")
+    framework.check_options(given)
+    dist = framework.init_distributed(given)
+    main = dist.is_main
+
+    def check(config, paths):
+        check_training_inputs(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
+
+    lock = RunLock(run_paths(given.run.name, args.workdir).logs) if main else contextlib.nullcontext()
+    try:
+        with lock:
+            if main:
+                config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check)
+            framework.barrier()  # a main process that failed above exits without it, and the launcher stops the others
+            if not main:  # reads the copy the main process saved; never writes
+                config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
+                                                   log=lambda *a, **k: None)
+            if main:
+                print(f"Running on {dist.description}")
+            run_training(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
+    finally:
+        framework.shutdown()
+    if dist.n_processes > 1:
+        # gloo can abort in its destructors at interpreter exit once the work is done: leave directly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,58 @@
+"""What the core drivers call in JAX: processes and devices, model shapes, weights, the backends."""
+import jax
+
+from efficient_vdvae_core.architecture import build_architecture
+from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.training.backend import Dist
+from efficient_vdvae_jax.utils import distributed as D
+from efficient_vdvae_jax.utils.checkpoint import read_weights  # noqa: F401  (the Framework function)
+
+name = "jax"
+checkpoint_suffix = ""  # checkpoint_<step>/ Orbax folders
+
+TORCH_ONLY = {"compile": "torch.compile; JAX always compiles the step with XLA",
+              "channels_last": "a PyTorch memory format; XLA chooses the layouts itself"}
+
+
+def init_distributed(config):
+    """Join the multi-process job the environment describes (if any); every device of every process is a replica."""
+    D.init_distributed()
+    n_devices = len(jax.devices())
+    return Dist(process_index=jax.process_index(), n_processes=jax.process_count(), n_shards=n_devices,
+                description=f"{n_devices} device(s) ({jax.devices()[0].platform}) in {jax.process_count()} process(es)")
+
+
+def shutdown():
+    """Nothing to release: jax.distributed shuts down at exit."""
+
+
+def barrier():
+    D.sync("efficient_vdvae barrier")
+
+
+def check_options(config):
+    """UserError for the [train] options that have no meaning in JAX."""
+    for key, why in TORCH_ONLY.items():
+        if getattr(config.train, key):
+            raise UserError(f"[train] {key} = True is a PyTorch option ({why}): set it to False for JAX")
+    if config.train.mixed_precision != "none":
+        raise UserError(f"[train] mixed_precision = '{config.train.mixed_precision}' is not supported by the JAX "
+                        "side yet: set it to 'none'")
+
+
+def param_shapes(config):
+    """{torch state_dict name: PyTorch-layout shape} of the model of a Config (abstract: nothing allocated)."""
+    from efficient_vdvae_jax.convert import jax_to_torch_key
+    from efficient_vdvae_jax.summary import abstract_params
+    shapes = abstract_params(build_architecture(config.model, config.data), config.model)
+    return dict(jax_to_torch_key(path, shape) for path, shape in shapes)
+
+
+def trainer(config, dist, log=print):
+    from efficient_vdvae_jax.trainer import JaxTrainer
+    return JaxTrainer(config, dist, log)
+
+
+def inference(config, dist, params, log=print):
+    from efficient_vdvae_jax.inference import JaxInference
+    return JaxInference(config, dist, params, log)

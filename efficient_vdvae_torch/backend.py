@@ -1,0 +1,57 @@
+"""What the core drivers call in PyTorch: processes and devices, model shapes, weights, the backends."""
+from dataclasses import dataclass
+
+import torch
+
+from efficient_vdvae_core.architecture import build_architecture
+from efficient_vdvae_core.training.backend import Dist
+from efficient_vdvae_torch.model.autoencoder import Autoencoder
+from efficient_vdvae_torch.utils import distributed
+from efficient_vdvae_torch.utils.checkpoint import read_weights  # noqa: F401  (the Framework function)
+
+name = "torch"
+checkpoint_suffix = ".pt"
+
+
+@dataclass(frozen=True)
+class TorchDist(Dist):
+    """The torchrun process layout and this process's device."""
+    device: torch.device = torch.device("cpu")
+    local_rank: int = 0
+
+
+def init_distributed(config):
+    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    info = distributed.init_distributed(config.run.device)
+    return TorchDist(process_index=info.rank, n_processes=info.world_size, n_shards=info.world_size,
+                     description=f"{info.world_size} process(es), device {info.device}", device=info.device,
+                     local_rank=info.local_rank)
+
+
+def shutdown():
+    distributed.shutdown()
+
+
+def check_options(config):
+    """Every option of the config works in PyTorch."""
+
+
+def param_shapes(config):
+    """{state_dict name: shape} of the model of a Config (built on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        model = Autoencoder(build_architecture(config.model, config.data), config.model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def trainer(config, dist, log=print):
+    from efficient_vdvae_torch.trainer import TorchTrainer
+    return TorchTrainer(config, dist, log)
+
+
+def barrier():
+    distributed.barrier()
+
+
+def inference(config, dist, params, log=print):
+    from efficient_vdvae_torch.inference import TorchInference
+    return TorchInference(config, dist, params, log)
