@@ -6,8 +6,10 @@ applies the same check, then decodes. The rules:
 * 8-bit modes: 'L' and 'RGB' as stored; '1' -> 0 / 255; 'P' -> its palette colours; 'CMYK' -> RGB by
   (255 - C) (255 - K) / 255 (ICC profiles are not applied); 'YCbCr' -> RGB; 'RGBX' -> RGB;
 * 16-bit samples -> round(v / 257), the nearest 8-bit level: 'I;16' / 'I;16B' / 'I;16L' / 'I;16N',
-  16-bit PNG RGB, RGBA and gray + alpha (read in full: Pillow alone keeps their high byte), and 'I'
-  (32-bit integers) read as 16-bit samples: an 'I' value outside 0..65535 is refused, never clipped;
+  16-bit RGB, RGBA and gray + alpha in PNG and uncompressed TIFF (read in full: Pillow alone keeps their
+  high byte), and 'I' (32-bit integers) read as 16-bit samples: an 'I' value outside 0..65535 is
+  refused, never clipped. Other 16-bit colour files (compressed TIFF, PPM) keep Pillow's 8-bit reading
+  (the high byte, or Pillow's own scaling), at most one level from round(v / 257);
 * transparency (an alpha band, or a PNG / GIF transparent colour) is composited over black,
   round(c * a / 255): a transparent pixel is black, an opaque one keeps its colour ('RGBa' and 'La'
   store exactly that already);
@@ -26,14 +28,16 @@ EIGHT_BIT_MODES = {"1": "L", "L": "L", "LA": "LA", "P": "RGB", "PA": "RGBA", "RG
                    "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}  # mode -> the mode it is read in
 PREMULTIPLIED = {"La": 1, "RGBa": 3}  # mode -> colour bands, already multiplied by alpha
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-# 16-bit PNG colour: Pillow's rawmode -> (rawmode reading the rest of each sample, colour bands)
-WIDE_PNG = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 3), "LA;16B": ("RGBA", 1)}
+# 16-bit colour samples: Pillow's rawmode (keeping the high bytes) -> (the rawmode unpacking the low bytes
+# of the same data, colour bands)
+WIDE_RAWMODES = {"RGB;16B": ("RGB;16L", 3), "RGB;16L": ("RGB;16B", 3), "RGBA;16B": ("RGBA;16L", 3),
+                 "RGBA;16L": ("RGBA;16B", 3), "LA;16B": ("RGBA", 1)}
 REFUSED_MODES = {"F": "32-bit float pixels (mode 'F') have no defined 8-bit scale; save it as 8- or 16-bit",
                  "LAB": "CIELab pixels (mode 'LAB') are not converted; save it as RGB"}
 
 
 class UnreadableImageError(UserError):
-    """A data file that cannot be decoded; `path` and `reason` (a short phrase) when raised by `unreadable`."""
+    """An image file that cannot be decoded; `path` and `reason` (a short phrase) when made by `unreadable`."""
 
     def __init__(self, message, path=None, reason=None):
         super().__init__(message)  # one positional argument, as torch's DataLoader re-raises worker errors
@@ -41,9 +45,9 @@ class UnreadableImageError(UserError):
         self.reason = reason
 
 
-def unreadable(path, reason, what="image"):
-    """The UnreadableImageError of the file at `path` ('what' names its kind)."""
-    return UnreadableImageError(f"{path}: not a readable {what} ({reason}); remove or replace this file", path, reason)
+def unreadable(path, reason):
+    """The UnreadableImageError of the image file at `path`."""
+    return UnreadableImageError(f"{path}: not a readable image ({reason}); remove or replace this file", path, reason)
 
 
 def header_problem(image):
@@ -77,8 +81,7 @@ def decode_image(path, res, channels):
         raise unreadable(path, exception_reason(exc)) from None
     if alpha is not None:  # composite over black: round(c * a / 255)
         colour = ((colour.astype(np.uint32) * alpha[..., None] + 127) // 255).astype(np.uint8)
-    gray = colour.shape[-1] == 1
-    image = Image.fromarray(colour[..., 0] if gray else colour, "L" if gray else "RGB").convert(MODES[channels])
+    image = Image.fromarray(colour[..., 0] if colour.shape[-1] == 1 else colour).convert(MODES[channels])
     if image.size != (res, res):
         image = image.resize((res, res), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(res, res, channels)
@@ -91,14 +94,14 @@ def _to_8bit(values):
 
 def _bands(image, path):
     """(uint8 colour (H, W, 1 or 3), uint8 alpha (H, W) or None) of an opened image."""
-    mode, rawmode = image.mode, _png_rawmode(image)
-    if rawmode in WIDE_PNG:
-        return _wide_png_bands(image, path, rawmode)
+    mode, rawmode = image.mode, _wide_rawmode(image)
+    if rawmode is not None:
+        return _wide_bands(image, path, rawmode)
     if mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise unreadable(path, f"32-bit integer pixels in {values.min()}..{values.max()}, outside "
-                                             "the 16-bit range 0..65535 this reader scales to 8 bits")
+            raise unreadable(path, f"32-bit integer pixels in {values.min()}..{values.max()}, outside the "
+                                   "16-bit range 0..65535 this reader scales to 8 bits")
         return _to_8bit(values)[..., None], _transparent_colour_alpha(image, values[..., None])
     if mode in PREMULTIPLIED:
         return np.asarray(image)[..., :PREMULTIPLIED[mode]], None
@@ -112,30 +115,43 @@ def _bands(image, path):
     return pixels, None
 
 
-def _png_rawmode(image):
-    """The rawmode of a PNG's pixel data (e.g. 'RGB;16B'), or None for other formats."""
-    if image.format != "PNG" or len(image.tile) != 1 or not isinstance(image.tile[0][3], str):
+def _wide_rawmode(image):
+    """The rawmode of 16-bit colour samples Pillow would cut to their high byte (e.g. 'RGB;16B'), or None.
+
+    Only PNG ('zip') and uncompressed ('raw', e.g. TIFF) tiles, whose rawmode can be swapped for a re-read.
+    """
+    if not image.tile or any(tile[0] not in ("zip", "raw") for tile in image.tile):
         return None
-    return image.tile[0][3]
+    rawmodes = {_tile_rawmode(tile) for tile in image.tile}
+    rawmode = rawmodes.pop() if len(rawmodes) == 1 else None
+    return rawmode if rawmode in WIDE_RAWMODES else None
 
 
-def _wide_png_bands(image, path, rawmode):
-    """Colour and alpha of a 16-bit PNG with colour or alpha, from all 16 bits of each sample."""
-    rest_rawmode, n_colour = WIDE_PNG[rawmode]
-    with Image.open(path) as rest:  # the same data unpacked with another rawmode (same bits per pixel)
-        rest.tile = [(name, extents, offset, rest_rawmode) for name, extents, offset, _ in rest.tile]
-        rest_bytes = np.asarray(rest).astype(np.uint32)
+def _tile_rawmode(tile):
+    args = tile[3]
+    return args if isinstance(args, str) else (args[0] if args else None)
+
+
+def _with_rawmode(tile, rawmode):
+    name, extents, offset, args = tile
+    return name, extents, offset, rawmode if isinstance(args, str) else (rawmode, *args[1:])
+
+
+def _wide_bands(image, path, rawmode):
+    """Colour and alpha of 16-bit colour samples, from all 16 bits of each (two decodes of the file)."""
+    other_rawmode, n_colour = WIDE_RAWMODES[rawmode]
+    with Image.open(path) as other:  # the same data unpacked with another rawmode (same bits per pixel)
+        other.tile = [_with_rawmode(tile, other_rawmode) for tile in other.tile]
+        other_bytes = np.asarray(other).astype(np.uint32)
     if rawmode == "LA;16B":  # 'RGBA' unpacks the four bytes (gray high, gray low, alpha high, alpha low)
-        values = np.stack([rest_bytes[..., 0] * 256 + rest_bytes[..., 1],
-                           rest_bytes[..., 2] * 256 + rest_bytes[..., 3]], axis=-1)
-    else:  # Pillow's own decoding holds the high bytes, `rest` the low ones
-        values = np.asarray(image).astype(np.uint32) * 256 + rest_bytes
-    colour, alpha = values[..., :n_colour], values[..., n_colour] if values.shape[-1] > n_colour else None
-    if alpha is None:
-        alpha = _transparent_colour_alpha(image, colour)
-    else:
-        alpha = _to_8bit(alpha)
-    return _to_8bit(colour), alpha
+        values = np.stack([other_bytes[..., 0] * 256 + other_bytes[..., 1],
+                           other_bytes[..., 2] * 256 + other_bytes[..., 3]], axis=-1)
+    else:  # Pillow's own decoding holds the high bytes, the other one the low bytes
+        values = np.asarray(image).astype(np.uint32) * 256 + other_bytes
+    colour = values[..., :n_colour]
+    if values.shape[-1] > n_colour:
+        return _to_8bit(colour), _to_8bit(values[..., n_colour])
+    return _to_8bit(colour), _transparent_colour_alpha(image, colour)
 
 
 def _transparent_colour_alpha(image, values):

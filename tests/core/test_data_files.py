@@ -326,3 +326,11 @@ def test_eight_bit_modes(tmp_path):
     with pytest.raises(UnreadableImageError) as excinfo:
         decode_image(tmp_path / "wide.tif", 8, 1)
     one_line_error(excinfo, "wide.tif", "outside the 16-bit range")
+
+
+def test_16bit_rgb_tiff_uses_all_16_bits(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    for byteorder in ("<", ">"):
+        rgb = samples16((6, 6, 3), seed=6)
+        tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", byteorder=byteorder)
+        assert np.array_equal(decode_image(tmp_path / "rgb.tif", 6, 3), expected8(rgb))
