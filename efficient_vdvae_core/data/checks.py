@@ -7,8 +7,10 @@ ImageNet .npz batches, the check of `sources.npz_problem`. `[data] bad_files = '
 refuses the dataset with one line naming the first bad files and their count; 'skip' leaves them out
 (reported once per process on stderr), so the split is the sorted good files, deterministic given the
 folder. Verdicts are remembered per process by (path, size, mtime, inode), so re-opening a dataset (train
-and val splits, loaders) costs one stat per file. Files that pass and still fail to decode when read
-(damage inside the data) are handled by the dataset (`dataset.ImageDataset.raw`).
+and val splits, loaders) costs one stat per file; a folder with a complete decoded cache (`cache`) of
+exactly its current files is not checked again, since every file was decoded to build it. Files that pass
+and still fail to decode when read (damage inside the data) are handled by the dataset
+(`dataset.ImageDataset.raw`).
 """
 import functools
 import os

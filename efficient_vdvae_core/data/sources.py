@@ -221,8 +221,13 @@ def _load_imagenet(data_cfg, folder, part, files, rows):
 
 def _folder_store(data_cfg, folder, part):
     res, channels = data_cfg.target_res, data_cfg.channels
-    files = check_files(data_cfg, part)
     tag = f"{data_cfg.dataset_source}_{part}"
+    if data_cfg.decoded_cache:  # a complete cache of exactly these files: each one was decoded to build it
+        files = _listing(folder, PATH_KEYS[part])
+        npy = cache.cache_path(data_cfg, folder, files, (len(files), res, res, channels))
+        if npy.exists():
+            return ArrayStore(tag, npy_path=npy, names=files)
+    files = check_files(data_cfg, part)
     if not data_cfg.decoded_cache:
         return FolderStore(tag, folder, files, res, channels)
     while True:

@@ -334,3 +334,16 @@ def test_16bit_rgb_tiff_uses_all_16_bits(tmp_path):
         rgb = samples16((6, 6, 3), seed=6)
         tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", byteorder=byteorder)
         assert np.array_equal(decode_image(tmp_path / "rgb.tif", 6, 3), expected8(rgb))
+
+
+def test_a_complete_decoded_cache_is_not_checked_again(tmp_path, monkeypatch):
+    good_folder(tmp_path / "train", n=4)
+    cfg = data_cfg("custom", tmp_path, target_res=8, decoded_cache=True)
+    first = make_dataset(cfg, "train", seed=0)
+    checks._verdicts.clear()
+    monkeypatch.setattr(checks, "image_file_problem", lambda path, size: pytest.fail("checked again"))
+    again = make_dataset(cfg, "train", seed=0)
+    assert again.names == first.names and np.array_equal(again.raw(2), first.raw(2))
+    png_file(tmp_path / "train" / "04.png")                               # a new file: a new cache, checked
+    with pytest.raises(pytest.fail.Exception):
+        make_dataset(cfg, "train", seed=0)
