@@ -67,8 +67,8 @@ def image_file_problem(path, size):
         return "not an image file name"
     try:
         with open(path, "rb") as f:
-            with warnings.catch_warnings():  # Pillow warns before we refuse an image above MAX_PIXELS
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with warnings.catch_warnings():  # about corrupt metadata, or an image above MAX_PIXELS we refuse
+                warnings.simplefilter("ignore")
                 with Image.open(f) as image:
                     problem, image_format = header_problem(image), image.format
             if problem is None and image_format == "PNG":

@@ -60,7 +60,7 @@ def png_bytes(samples, bit_depth=16, trns=None, size=None):
 
 def samples16(shape, seed=0):
     values = np.random.default_rng(seed).integers(0, 65536, shape, dtype=np.uint16)
-    values.flat[:6] = [0, 65535, 128, 129, 32896, 33024]  # levels and the midpoints between them
+    values.flat[:6] = [0, 65535, 128, 129, 32896, 33024]  # extremes, either side of midpoints, v >> 8 != round
     return values
 
 
