@@ -76,6 +76,9 @@ class DataConfig:
     decoded_cache: bool = field("bool", False,
                                 doc="decode imagenet/folder datasets once into a uint8 .npy memory map under "
                                     "download_dir/decoded (pays off for small images, e.g. celebA 64, imagenet)")
+    bad_files: str = field("choice", "refuse", choices=("refuse", "skip"),
+                           doc="folder datasets: files that fail the check when opened (empty, broken link, not "
+                               "an image, too large, truncated): refuse with a list, or skip them (listed once)")
 
 
 @dataclass(frozen=True)

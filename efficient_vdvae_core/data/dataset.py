@@ -9,17 +9,25 @@ Splits (all deterministic, independent of worker and process counts):
 * 'test'      the part used by reconstruction (synthesis_data_path, or the second half of the seed-101
               permutation of the official MNIST / CIFAR-10 test set), in its stable order.
 `n_samples` truncates any split.
+
+A folder image that passed the checks when the dataset was opened and fails to decode when read is an
+`UnreadableImageError` (one line naming the file); under [data] bad_files = 'skip', the 'train', 'val' and
+'div_stats' splits read the next readable image of the split in its place (one warning per file), while
+'encode' and 'test', whose outputs are named per image, still refuse.
 """
+import sys
 import zlib
 
 import numpy as np
 
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.data.decode import UnreadableImageError
 from efficient_vdvae_core.data.sources import open_part
 from efficient_vdvae_core.errors import UserError
 
 SPLIT_PART = {"train": "train", "encode": "train", "div_stats": "train", "val": "val", "test": "test"}
 SPLITS = tuple(SPLIT_PART)
+SUBSTITUTABLE_SPLITS = ("train", "val", "div_stats")  # splits whose images are not saved under their names
 VAL_STREAM, DIV_STATS_STREAM = 1, 2
 FIXED_BINARIZATION_SEED = 101
 
@@ -32,10 +40,13 @@ class ImageDataset:
     every call, other splits return a fixed sample per image (seeded by the image, not by the run).
     """
 
-    def __init__(self, store, indices, *, split, num_bits, random_horizontal_flip, binarized):
+    def __init__(self, store, indices, *, split, num_bits, random_horizontal_flip, binarized,
+                 substitute_unreadable=False):
         self.store = store
         self.indices = np.asarray(indices, np.int64)
         self.split = split
+        self.substitute_unreadable = substitute_unreadable
+        self._substituted = set()  # paths already reported in this process
         self.binarized = binarized
         self.flip = bool(random_horizontal_flip) and split == "train" and not binarized
         self.level_step = 2.0 ** (8 - num_bits)  # width of one reduced-bit level on the 8-bit scale
@@ -57,7 +68,27 @@ class ImageDataset:
 
     def raw(self, index):
         """The stored image: uint8 (H, W, C), or float32 probabilities (32, 32, 1) for binarized sources."""
-        return self.store.get(int(self.indices[index]))
+        try:
+            return self.store.get(int(self.indices[index]))
+        except UnreadableImageError as exc:
+            if not self.substitute_unreadable:
+                raise
+            return self._substitute(index, exc)
+
+    def _substitute(self, index, exc):
+        """The next readable image of the split after `index` (wrapping), read in place of an unreadable one."""
+        for step in range(1, len(self)):
+            other = (index + step) % len(self)
+            try:
+                image = self.store.get(int(self.indices[other]))
+            except UnreadableImageError:
+                continue
+            if exc.path not in self._substituted:
+                self._substituted.add(exc.path)
+                print(f"warning: {exc.path}: not a readable image ({exc.reason}); [data] bad_files = 'skip': "
+                      f"reading {self.name(other)} in its place", file=sys.stderr, flush=True)
+            return image
+        raise exc
 
     def load(self, index, rng=None):
         """Preprocessed float32 (H, W, C) image; `rng` (numpy Generator) drives flips and dynamic binarisation."""
@@ -96,5 +127,5 @@ def make_dataset(data_cfg, split, *, seed, n_samples=None, subset_ratio=None):
                             "(e.g. [val] n_samples_for_validation)")
         indices = indices[:n_samples]
     return ImageDataset(store, indices, split=split, num_bits=data_cfg.num_bits,
-                        random_horizontal_flip=data_cfg.random_horizontal_flip,
-                        binarized=is_binarized(data_cfg))
+                        random_horizontal_flip=data_cfg.random_horizontal_flip, binarized=is_binarized(data_cfg),
+                        substitute_unreadable=data_cfg.bad_files == "skip" and split in SUBSTITUTABLE_SPLITS)

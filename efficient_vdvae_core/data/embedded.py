@@ -12,7 +12,8 @@ import functools
 import numpy as np
 from PIL import Image
 
-from efficient_vdvae_core.data.stores import HELDOUT_SEED, MODES, DigitStore
+from efficient_vdvae_core.data.decode import MODES
+from efficient_vdvae_core.data.stores import HELDOUT_SEED, DigitStore
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 CROP_SEED = 2022

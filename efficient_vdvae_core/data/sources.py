@@ -7,19 +7,19 @@ is 'val', its second half 'test'. ImageNet and image folders read one folder per
 (train_data_path, val_data_path, synthesis_data_path).
 """
 import codecs
-import functools
 import gzip
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from efficient_vdvae_core.data import cache, downloads, embedded
-from efficient_vdvae_core.data.stores import ArrayStore, DigitStore, FolderStore, decode_image, heldout_halves
+from efficient_vdvae_core.data import cache, checks, downloads, embedded
+from efficient_vdvae_core.data.decode import UnreadableImageError, decode_image, exception_reason
+from efficient_vdvae_core.data.stores import ArrayStore, DigitStore, FolderStore, heldout_halves
 from efficient_vdvae_core.errors import UserError
 
 PARTS = ("train", "val", "test")
@@ -36,12 +36,6 @@ def _heldout(store, part):
         return store, np.arange(len(store))
     val, test = heldout_halves(len(store))
     return store, (val if part == "val" else test)
-
-
-@functools.lru_cache(maxsize=1)
-def image_extensions():
-    """File extensions (lower case, with the dot) that Pillow can open."""
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 def open_part(data_cfg, part):
@@ -160,40 +154,59 @@ def _cifar10_store(data_cfg, part):
 
 # --- ImageNet (downsampled, .npz) ----------------------------------------------------------------------
 
-def _npz_rows(path, res):
-    """Number of images in an ImageNet .npz file, checking its 'data' entry without loading it."""
+def _npz_header(path):
+    """(shape, dtype) of the 'data' array of an .npz file, read from its header without loading it."""
+    with zipfile.ZipFile(path) as archive, archive.open("data.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
+def npz_problem(path, res):
+    """Why the ImageNet .npz batch at `path` cannot be used at target_res = `res`, or None (header only)."""
+    if not path.endswith(".npz"):
+        return "not a .npz file name; the imagenet folder must hold only .npz files"
     try:
-        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
+        shape, dtype = _npz_header(path)
     except KeyError:
-        raise UserError(f"{path}: no 'data' array in this .npz; use the ImageNet{res} npz files") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path}: not a readable .npz file ({exc}); replace or remove it") from None
+        return f"no 'data' array; use the ImageNet{res} npz files"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        return f"not a readable .npz file: {exception_reason(exc)}"
     if dtype != np.uint8 or len(shape) != 2 or shape[1] != 3 * res * res:
-        raise UserError(f"{path}: 'data' is {dtype} {shape}, expected uint8 N x {3 * res * res} "
-                        f"(3 x {res} x {res} for target_res = {res}); check target_res or the folder")
-    return shape[0]
+        return (f"'data' is {dtype} {shape}, expected uint8 N x {3 * res * res} (3 x {res} x {res} for "
+                f"target_res = {res}); check target_res or the folder")
+    return None
 
 
 def _imagenet_store(data_cfg, folder, part):
-    key, res = PATH_KEYS[part], data_cfg.target_res
+    res = data_cfg.target_res
     if data_cfg.channels != 3:
         raise UserError(f"[data] dataset_source = 'imagenet' needs channels = 3 (found {data_cfg.channels})")
-    files = _listing(folder, key)
-    for name in files:
-        if not name.endswith(".npz"):
-            raise UserError(f"{folder / name}: not a .npz file; the imagenet folder must hold only .npz files")
-    rows = [_npz_rows(folder / name, res) for name in files]
+    files = check_files(data_cfg, part)
+    while True:
+        rows = [_npz_header(folder / name)[0][0] for name in files]
+        try:
+            return _load_imagenet(data_cfg, folder, part, files, rows)
+        except checks.FilesFailedToLoad as exc:
+            files = _keep_good(data_cfg, part, folder, files, exc.bad)
+
+
+def _load_imagenet(data_cfg, folder, part, files, rows):
+    res = data_cfg.target_res
 
     def fill(out):
-        start = 0
+        failed, start = {}, 0
         for name, n in zip(files, rows):
-            with np.load(folder / name) as npz:
-                out[start:start + n] = npz["data"].reshape(n, 3, res, res).transpose(0, 2, 3, 1)
+            try:
+                with np.load(folder / name) as npz:
+                    out[start:start + n] = npz["data"].reshape(n, 3, res, res).transpose(0, 2, 3, 1)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+                failed[name] = f"fails to load: {exception_reason(exc)}"
             start += n
+        if failed:
+            raise checks.FilesFailedToLoad(failed)
 
     tag = "imagenet" if part == "train" else f"imagenet_{part}"
     shape = (sum(rows), res, res, 3)
@@ -207,19 +220,59 @@ def _imagenet_store(data_cfg, folder, part):
 # --- folders of image files ----------------------------------------------------------------------------
 
 def _folder_store(data_cfg, folder, part):
-    key, res, channels = PATH_KEYS[part], data_cfg.target_res, data_cfg.channels
-    files = _listing(folder, key)
-    for name in files:
-        if os.path.splitext(name)[1].lower() not in image_extensions():
-            raise UserError(f"{folder / name}: not an image file; remove it from the {key} folder")
-    store = FolderStore(f"{data_cfg.dataset_source}_{part}", folder, files, res, channels)
-    store.get(0)  # fail now, in one line, if even the first image cannot be read
+    res, channels = data_cfg.target_res, data_cfg.channels
+    tag = f"{data_cfg.dataset_source}_{part}"
+    if data_cfg.decoded_cache:  # a complete cache of exactly these files: each one was decoded to build it
+        files = _listing(folder, PATH_KEYS[part])
+        npy = cache.cache_path(data_cfg, folder, files, (len(files), res, res, channels))
+        if npy.exists():
+            return ArrayStore(tag, npy_path=npy, names=files)
+    files = check_files(data_cfg, part)
     if not data_cfg.decoded_cache:
-        return store
+        return FolderStore(tag, folder, files, res, channels)
+    while True:
+        try:
+            return _cached_folder(data_cfg, folder, tag, files)
+        except checks.FilesFailedToLoad as exc:
+            files = _keep_good(data_cfg, part, folder, files, exc.bad)
+
+
+def _cached_folder(data_cfg, folder, tag, files):
+    res, channels = data_cfg.target_res, data_cfg.channels
 
     def fill(out):
-        for i in range(len(store)):
-            out[i] = decode_image(store.path(i), res, channels)
+        failed = {}
+        for i, name in enumerate(files):
+            try:
+                out[i] = decode_image(folder / name, res, channels)
+            except UnreadableImageError as exc:
+                failed[name] = f"fails to decode: {exc.reason}"
+        if failed:
+            raise checks.FilesFailedToLoad(failed)
 
     npy = cache.decoded_array(data_cfg, folder, files, (len(files), res, res, channels), fill)
-    return ArrayStore(store.tag, npy_path=npy, names=files)
+    return ArrayStore(tag, npy_path=npy, names=files)
+
+
+# --- the checks of every file of a folder dataset ------------------------------------------------------
+
+def check_files(data_cfg, part):
+    """Sorted relative paths of the usable files of a folder part (imagenet or image folders).
+
+    Every file's header and end are checked (see `checks`); bad files refuse the dataset, or are left
+    out under [data] bad_files = 'skip'. Cheap on re-opening: verdicts are remembered per process.
+    """
+    folder = _data_folder(data_cfg, part)
+    files = _listing(folder, PATH_KEYS[part])
+    if data_cfg.dataset_source == "imagenet":
+        res = data_cfg.target_res
+        bad = checks.bad_files(folder, files, f"npz{res}", lambda path, size: npz_problem(path, res))
+    else:
+        bad = checks.bad_files(folder, files, "image", checks.image_file_problem)
+    return _keep_good(data_cfg, part, folder, files, bad)
+
+
+def _keep_good(data_cfg, part, folder, files, bad):
+    key = PATH_KEYS[part]
+    return checks.keep_good(files, bad, policy=data_cfg.bad_files, key=key, raw=getattr(data_cfg, key),
+                            folder=folder)

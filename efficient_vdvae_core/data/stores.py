@@ -8,11 +8,9 @@ store pickles as its file path and re-opens the map in the worker.
 import os
 
 import numpy as np
-from PIL import Image
 
-from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.data.decode import decode_image
 
-MODES = {1: "L", 3: "RGB"}
 DIGIT_PAD = 2  # 28x28 digits are zero-padded to 32x32
 HELDOUT_SEED = 101  # the original's fixed shuffle of the MNIST / CIFAR-10 official test sets
 
@@ -77,22 +75,8 @@ class DigitStore:
         return f"{self.tag}_{i}"
 
 
-def decode_image(path, res, channels):
-    """Read one image file as uint8 (res, res, channels): converted to L/RGB, squashed to res x res (bilinear)."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert(MODES[channels])
-            if image.size != (res, res):
-                image = image.resize((res, res), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a readable image ({reason}); remove or replace this file") from None
-    return pixels.reshape(res, res, channels)
-
-
 class FolderStore:
-    """Image files under a folder (sorted relative paths), decoded and resized lazily, one per `get`."""
+    """Image files under a folder (sorted relative paths), decoded (see `decode`) and resized lazily, one per `get`."""
 
     def __init__(self, tag, root, relpaths, res, channels):
         self.tag = tag

@@ -1,0 +1,41 @@
+"""A bad image file late in a folder dataset, through train.py: refused before anything is written."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficient_vdvae_core.cli import run_main
+from efficient_vdvae_torch import train
+from tests.conftest import EGS
+
+FAST = ["--set", "val.n_samples_for_validation=4", "--set", "val.batch_size=4", "--set", "run.num_cpus=0",
+        "--set", "train.total_train_steps=1", "--set", "run.device='cpu'"]
+
+
+def custom_folder(folder, n=12):
+    folder.mkdir()
+    for k in range(n):
+        pixels = np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{k:03d}.png")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_train_refuses_a_bad_file_late_in_the_folder_and_writes_nothing(tmp_path, capsys, damage):
+    custom_folder(tmp_path / "images")
+    last = tmp_path / "images" / "011.png"
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"")
+    images = str(tmp_path / "images")
+    args = ["--config", str(EGS / "tiny.cfg"), "--workdir", str(tmp_path / "work"), *FAST,
+            "--set", "data.dataset_source='custom'", "--set", f"data.train_data_path='{images}'",
+            "--set", f"data.val_data_path='{images}'", "--set", f"data.synthesis_data_path='{images}'"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(train.main, args, parser=train.parser())
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1, lines
+    reason = "truncated" if damage == "truncated" else "0 bytes"
+    for needle in ("error: 1 unreadable file in [data] train_data_path", f"011.png ({reason}",
+                   "bad_files = 'skip'"):
+        assert needle in lines[0], (needle, lines[0])
+    work = tmp_path / "work"
+    assert not work.exists() or not [p.name for p in work.iterdir() if p.name.startswith(("logs-", "checkpoints-"))]
