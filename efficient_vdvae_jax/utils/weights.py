@@ -1,8 +1,8 @@
 """Model weights from any checkpoint: ours (an Orbax folder checkpoint_<step>/) or a PyTorch file.
 
 A PyTorch checkpoint (ours, `checkpoint_<step>.pt`, or the original's single file) is read with torch
-(needed only then) and converted with `efficient_vdvae_jax.convert`, so a model trained in either
-framework can be fine-tuned or run for inference here.
+(needed only then) and converted with the tables of `efficient_vdvae_core.params`, so a model trained
+in either framework can be fine-tuned or run for inference here.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +11,7 @@ import jax
 
 from efficient_vdvae_core.config import ConfigError, config_from_dict
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.utils.checkpoint import CheckpointError, on_device, read_checkpoint, read_meta
 
 
@@ -58,7 +59,6 @@ def read_torch_weights(path):
         import torch
     except ImportError:
         raise UserError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e '.[torch]')") from None
-    from efficient_vdvae_jax.convert import torch_state_dict_to_jax
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
