@@ -73,8 +73,9 @@ def parse_raw_text(text, source):
         if kind == "indented":
             content = shorten(repr(line.strip()))
             if _LOOKS_LIKE_KEY.match(line.strip()) or line.strip().startswith("["):
-                raise ConfigError(f"{at}: {content} is indented; start it at the beginning of the line (an "
-                                  "indented line continues the value above it)")
+                indent = "a tab" if line[0] == "\t" else "whitespace"
+                raise ConfigError(f"{at}: {content} starts with {indent}; start it at the beginning of the line "
+                                  "(an indented line would continue the value above it)")
             raise ConfigError(f"{at}: {content} continues the value of the line above; write each value on "
                               "one line")
         if kind == "other":

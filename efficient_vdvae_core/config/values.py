@@ -1,7 +1,7 @@
 """One raw .cfg value: evaluated safely, then checked against its key's kind and bounds."""
 import math
 
-from efficient_vdvae_core.config.rules import run_name_problem
+from efficient_vdvae_core.config.rules import run_name_problem, shorten
 from efficient_vdvae_core.config.schema import OPTIMIZERS, section_fields
 from efficient_vdvae_core.safe_eval import parse_value
 
@@ -90,7 +90,7 @@ def _coerce_list(value, meta):
     for v in out:
         problem = _check_bounds(v, meta)
         if problem:
-            raise TypeError(f"every element {problem} (found {v})")
+            raise TypeError(f"every element {problem} (found {shorten(str(v))})")
     return out
 
 
