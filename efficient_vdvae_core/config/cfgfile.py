@@ -105,6 +105,9 @@ def _unknown_key(section, key):
 
 def parse_override(text):
     """Split 'section.key=value' into (section, key, raw value)."""
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise ConfigError(f"--set {shorten(repr(text))}: contains a line break or another control character; "
+                          "write it on one line")
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {shorten(text)}: expected section.key=value, e.g. --set train.batch_size=8")
     lhs, raw = text.split("=", 1)
@@ -115,9 +118,6 @@ def parse_override(text):
         raise ConfigError(f"--set {shorten(text)}: {_unknown_key(section, key)}")
     if not raw.strip():
         raise ConfigError(f"--set {text}: empty value; write the value after '=', e.g. --set {section}.{key}=...")
-    if any(unicodedata.category(ch) == "Cc" for ch in raw):
-        raise ConfigError(f"--set {shorten(repr(text))}: the value contains a line break or another control "
-                          "character; write it on one line")
     return section, key, raw.strip()
 
 
