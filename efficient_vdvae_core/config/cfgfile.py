@@ -76,8 +76,8 @@ def parse_raw_text(text, source):
                 indent = "a tab" if line[0] == "\t" else "whitespace"
                 raise ConfigError(f"{at}: {content} starts with {indent}; start it at the beginning of the line "
                                   "(an indented line would continue the value above it)")
-            raise ConfigError(f"{at}: {content} continues the value of the line above; write each value on "
-                              "one line")
+            raise ConfigError(f"{at}: {content} is indented, so it would continue the value of a key above; "
+                              "write each value on one line, from the beginning of the line")
         if kind == "other":
             raise ConfigError(f"{at}: cannot parse {shorten(repr(line.strip()))} (expected 'key = value')")
         if kind == "section":

@@ -27,7 +27,7 @@ def test_an_indented_key_line_is_reported_on_its_line(write_cfg, indent, word):
 
 def test_a_multi_line_value_is_refused_on_its_continuation_line(write_cfg):
     path, lineno = edited_text(write_cfg, "up_filters = [16] * 5", "up_filters = [16, 16,\n    16, 16, 16]")
-    assert_one_line_error(path, f"line {lineno + 1}:", "'16, 16, 16]'", "continues the value", "one line")
+    assert_one_line_error(path, f"line {lineno + 1}:", "'16, 16, 16]'", "would continue the value", "on one line")
 
 
 def test_an_indented_section_header_is_refused(write_cfg):

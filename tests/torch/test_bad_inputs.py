@@ -66,7 +66,7 @@ CASES = [
     ("tab-indented-key", "train", edited().replace("\nseed = 420\n", "\n\tseed = 420\n"), [],
      ["line", "'seed = 420' starts with a tab", "beginning of the line"]),
     ("multi-line-value", "train", edited().replace("\nup_filters = [16] * 5\n", "\nup_filters = [16, 16,\n  16, 16, 16]\n"),
-     [], ["given.cfg: line", "continues the value", "one line"]),
+     [], ["given.cfg: line", "would continue the value", "on one line"]),
     ("colon-separator", "train", edited().replace("\nseed = 420\n", "\nseed: 420\n"), [], ["line", "'key = value'"]),
     # --- types and ranges ----------------------------------------------------------------------------
     ("string-for-int", "train", edited({"train.batch_size": "'eight'"}), [], ["[train] batch_size", "integer"]),
