@@ -2,12 +2,11 @@
 
 A training step allocates and frees the same large activation buffers (tens of MB each) over and
 over. glibc's malloc returns such buffers to the kernel on `free` (they are mmap-ed, or they trim
-the top of the heap), so the next step faults every page in again and the kernel zeroes it: on the
-2-core CI machine that costs about 11 microseconds a 4 KiB page, 70 ms for one 25 MB activation of
-cifar10_baseline at batch 8, and about 1 s a step in all (10.8 -> 9.7 s with PyTorch). JAX needs one
-more setting for it to reach XLA's step buffer: `efficient_vdvae_jax.utils.cpu.retain_freed_memory`.
-The peak memory is about unchanged (6.1 vs 6.2 GiB): the same buffers are reused; only the memory freed
-after the peak stays with the process until it exits.
+the top of the heap), so the next step faults every page in again and the kernel zeroes it, which
+costs a noticeable part of each step on the CPU (figures in bench/README.md). JAX needs one more
+setting for it to reach XLA's step buffer: `efficient_vdvae_jax.utils.cpu.retain_freed_memory`.
+The peak memory is about unchanged: the same buffers are reused; only the memory freed after the
+peak stays with the process until it exits.
 
 Set EFFICIENT_VDVAE_KEEP_FREED_MEMORY=0 to keep glibc's defaults. Other C libraries: nothing is done.
 """

@@ -1,11 +1,14 @@
 """Turn the parallel up_*/down_* lists of [model] into one validated list of block records.
 
 Both frameworks build their networks from these records, so widths, strides, resolutions and
-the latent-layer order are decided once, here (model.md sections 3-4).
+the latent-layer order are decided once, here.
 """
 import math
 from dataclasses import dataclass
 from typing import Optional
+
+from efficient_vdvae_core.dataset_kinds import is_binarized
+from efficient_vdvae_core.errors import ConfigError
 
 UP_KEYS = ("up_strides", "up_n_blocks_per_res", "up_n_blocks", "up_n_layers", "up_filters",
            "up_mid_filters_ratio", "up_kernel_size", "up_skip_filters")
@@ -87,7 +90,6 @@ class Architecture:
 
 
 def _error(key, value, message):
-    from efficient_vdvae_core.config import ConfigError
     return ConfigError(f"[model] {key} = {value}: {message}")
 
 
@@ -155,7 +157,6 @@ def build_architecture(model, data):
         down_levels.append((upsample, extras))
         width = filters
 
-    from efficient_vdvae_core.config import is_binarized
     use_mol = not is_binarized(data)
     out_channels = model.num_output_mixtures * (3 * data.channels + 1) if use_mol else 1
     return Architecture(
@@ -168,11 +169,6 @@ def build_architecture(model, data):
 def _check_mid(ratio, width, key, level):
     if int(width * ratio) < 1:
         raise _error(key, ratio, f"level {level}: int({width} * {ratio}) = 0 bottleneck channels")
-
-
-def unpool_bias_shape(block):
-    """Shape (1, C, H, W) of the unpool `scale_bias` of a DownBlock with stride > 1 (NCHW)."""
-    return (1, block.filters, block.resolution, block.resolution)
 
 
 def describe_architecture(arch):

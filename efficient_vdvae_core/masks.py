@@ -1,4 +1,4 @@
-"""Variate masks for latent pruning, built from div_stats (model.md 9, pipeline.md 6.6)."""
+"""Variate masks for latent pruning, built from div_stats."""
 import numpy as np
 
 

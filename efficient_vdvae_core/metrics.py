@@ -1,4 +1,4 @@
-"""Units and pixel constants shared by both frameworks' losses and reports (model.md 2 and 5.4).
+"""Units and pixel constants shared by both frameworks' losses and reports.
 
 "nats" are natural-log units, "per dim" divides by the data dimension count E (`effective_pixels`),
 bits = nats / ln 2. Binarized digits are reported in nats per image, image data in bits per dimension.
@@ -13,7 +13,7 @@ MNIST_SIZE = 28
 
 
 def pixel_range(num_bits):
-    """(min_pix, max_pix) in float64: the normalised values of pixels 0 and 255 at `num_bits` (model.md 2).
+    """(min_pix, max_pix) in float64: the normalised values of pixels 0 and 255 at `num_bits`.
 
     8 bits: (-1, 1); 5 bits: (-1, 0.945098...) since 255 is reduced to 248.
     """
@@ -34,7 +34,7 @@ def effective_pixels(data):
 
 
 def report_unit_name(binarized):
-    """'nats/image' for binarized digits, 'bits/dim' for all image data (pipeline.md 6.5)."""
+    """'nats/image' for binarized digits, 'bits/dim' for all image data, as the original reports."""
     return "nats/image" if binarized else "bits/dim"
 
 

@@ -3,7 +3,8 @@
 A run is named by `[run] name` and lives in two folders of the working directory:
 `logs-<name>/` (the saved config `hparams-<name>.cfg`, TensorBoard events, synthesis images,
 latents) and `checkpoints-<name>/`. The saved config is the run's identity: once it exists, it is
-what the run uses, whatever the file given on the command line says (pipeline.md 2.1-2.2).
+what the run uses, whatever the file given on the command line says: only the [run] name is taken
+from that file, and `--set` values apply on top of the saved copy without changing it.
 A training run holds `logs-<name>/.lock` (see `RunLock`) so that a second training of the same run
 refuses to start instead of writing into the same folders.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from efficient_vdvae_core.config import (ConfigError, build_config, differing_keys, parse_override,
-                                         parse_raw_text, read_raw, with_overrides)
+                                         parse_raw_text, read_raw, run_name_problem, with_overrides)
 from efficient_vdvae_core.errors import UserError
 
 MODES = ("train", "inference")
@@ -36,8 +37,9 @@ class RunPaths:
 
 def run_paths(run_name, workdir="."):
     """The RunPaths of run `run_name` under `workdir` (nothing is created)."""
-    if not run_name or any(c in run_name for c in "/\\\0") or run_name in (".", ".."):
-        raise UserError(f"invalid run name {run_name!r}: it must be non-empty and contain no slashes")
+    problem = run_name_problem(run_name)
+    if problem:
+        raise UserError(f"invalid run name {repr(run_name)[:80]}: {problem}")
     workdir = Path(workdir)
     logs = workdir / f"logs-{run_name}"
     return RunPaths(
@@ -252,7 +254,7 @@ def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log
         raise UserError(f"no run named '{name}' in {os.path.abspath(paths.workdir)} (expected "
                         f"{paths.saved_config}); train it first, or pass --config/--set run.name=... "
                         "for an existing run")
-    if build_config(parse_raw_text(given_raw.text, str(paths.saved_config))) != given:
+    if build_config(parse_raw_text(given_raw.text, f"{config_path} as it would be saved")) != given:
         raise AssertionError(f"the text to save as {paths.saved_config} does not read back to the same config")
     if check is not None:
         check(given, paths)

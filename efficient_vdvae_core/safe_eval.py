@@ -2,7 +2,8 @@
 import ast
 import operator
 
-MAX_SEQUENCE_LENGTH = 100_000
+MAX_SEQUENCE_LENGTH = 100_000  # elements of one value, nested lists counted in full
+MAX_INT_BITS = 4096  # far beyond any key's bound; keeps arithmetic on huge integers instant
 
 _BINARY_OPS = {
     ast.Add: operator.add,
@@ -46,9 +47,27 @@ def _apply(op, left, right):
         seq, count = (left, right) if isinstance(left, (list, tuple, str)) else (right, left)
         if isinstance(seq, (list, tuple, str)) and isinstance(count, int) and len(seq) * max(count, 0) > MAX_SEQUENCE_LENGTH:
             raise ValueError(f"sequence longer than {MAX_SEQUENCE_LENGTH} elements")
-    if isinstance(op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 1000:
-        raise ValueError("exponent too large")
-    return _BINARY_OPS[type(op)](left, right)
+    if isinstance(op, ast.Pow) and isinstance(right, (int, float)):
+        if abs(right) > 1000:
+            raise ValueError("exponent too large")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_INT_BITS:
+            raise ValueError("integer too large")
+    result = _BINARY_OPS[type(op)](left, right)
+    if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+        raise ValueError("integer too large")
+    return result
+
+
+def _check_size(value):
+    """ValueError when `value` holds more than MAX_SEQUENCE_LENGTH elements in all (shared sub-lists counted each time)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            count += len(item)
+            if count > MAX_SEQUENCE_LENGTH:
+                raise ValueError(f"more than {MAX_SEQUENCE_LENGTH} elements")
+            stack.extend(item)
 
 
 def _evaluate(node):
@@ -85,6 +104,8 @@ def parse_value(raw):
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"syntax error ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ValueError("too deeply nested") from None
     names = []
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
@@ -94,8 +115,12 @@ def parse_value(raw):
     if names:
         return text
     try:
-        return _evaluate(tree)
+        value = _evaluate(tree)
     except UnsafeValueError:
         raise
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
     except (TypeError, ZeroDivisionError, OverflowError, ValueError) as exc:
         raise ValueError(f"cannot evaluate ({exc})") from None
+    _check_size(value)
+    return value

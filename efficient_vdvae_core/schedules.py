@@ -1,7 +1,7 @@
 """Learning-rate, KL-weight (beta) and gamma-balancing schedules as pure functions of the step.
 
 The step `t` is the 0-based training iteration index: the first batch uses t = 0 and a skipped
-update still advances it (the PyTorch original's convention, model.md 6). Both frameworks call
+update still advances it (the PyTorch original's convention). Both frameworks call
 these functions, so their schedules cannot drift apart. No framework imports here.
 """
 import math
@@ -16,7 +16,7 @@ def _warmup_factor(step, warmup_steps):
 
 
 def learning_rate(step, opt):
-    """Learning rate at `step` for an OptimizerConfig `opt` (model.md 6.2).
+    """Learning rate at `step` for an OptimizerConfig `opt`.
 
     - 'constant': lr0 * min(1, t / warmup_steps); warmup_steps = 0 means no warmup.
     - 'noam': lr0 * sqrt(w) * min(t^-1/2, t * w^-3/2); peaks at lr0 at t = w, lr(0) = 0.
@@ -69,7 +69,7 @@ def _sigmoid(x):
 
 
 def kl_beta(step, loss_cfg):
-    """KL weight beta at `step` for a LossConfig (model.md 6.1).
+    """KL weight beta at `step` for a LossConfig.
 
     - 'None': 1.
     - 'Linear': clip((t - start) / (start + steps), beta_min, 1) with start = vae_beta_anneal_start,

@@ -1,7 +1,7 @@
 """Prior temperatures for generation: one `synthesis.temperature_settings` entry -> one value per level.
 
 A setting is a number (the same temperature everywhere), a ('linear', a, b) tuple, or a list with
-one temperature per top-down level (model.md 8.4). Level 0 is the deepest, lowest-resolution level.
+one temperature per top-down level. Level 0 is the deepest, lowest-resolution level.
 Temperatures multiply the prior std only; the output temperature is a separate key.
 """
 import numbers

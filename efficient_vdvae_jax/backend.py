@@ -1,11 +1,11 @@
 """What the core drivers call in JAX: processes and devices, model shapes, weights, the backends."""
 import jax
 
-from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.training.backend import Dist
 from efficient_vdvae_jax.utils import distributed as D
-from efficient_vdvae_jax.utils.checkpoint import read_weights  # noqa: F401  (the Framework function)
+from efficient_vdvae_jax.utils.checkpoint import read_weights  # noqa: F401  (a Framework function)
+from efficient_vdvae_jax.utils.state import param_shapes  # noqa: F401  (a Framework function)
 
 name = "jax"
 checkpoint_suffix = ""  # checkpoint_<step>/ Orbax folders
@@ -38,14 +38,6 @@ def check_options(config):
     if config.train.mixed_precision != "none":
         raise UserError(f"[train] mixed_precision = '{config.train.mixed_precision}' is not supported by the JAX "
                         "side yet: set it to 'none'")
-
-
-def param_shapes(config):
-    """{torch state_dict name: PyTorch-layout shape} of the model of a Config (abstract: nothing allocated)."""
-    from efficient_vdvae_jax.convert import jax_to_torch_key
-    from efficient_vdvae_jax.summary import abstract_params
-    shapes = abstract_params(build_architecture(config.model, config.data), config.model)
-    return dict(jax_to_torch_key(path, shape) for path, shape in shapes)
 
 
 def trainer(config, dist, log=print):

@@ -10,7 +10,7 @@ import numpy as np
 
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.randomness import DECODING, DIV_STATS, ENCODING, EVALUATION, GENERATION, PRIOR_STREAM
-from efficient_vdvae_jax.convert import torch_state_dict_to_jax
+from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import plan_batches
 from efficient_vdvae_jax.evaluation import (eval_output, evaluate_batch_fn, image_noise, output_noise, prior_sample_fn,
                                             seed_key)

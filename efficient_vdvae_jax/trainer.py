@@ -14,7 +14,7 @@ from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS
 from efficient_vdvae_core.training.backend import StepOutput
 from efficient_vdvae_core.weights import check_fits
-from efficient_vdvae_jax.convert import torch_state_dict_to_jax
+from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
 from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, prior_sample_fn, seed_key
 from efficient_vdvae_jax.model.autoencoder import build_model
@@ -23,7 +23,7 @@ from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import OrbaxCodec, abstract_like
 from efficient_vdvae_jax.utils.optim import (apply_update, build_direction, clip_by_norm, decay_mask, ema_update,
                                              global_norm, select)
-from efficient_vdvae_jax.utils.state import init_state, merge_model, split_model
+from efficient_vdvae_jax.utils.state import init_state, merge_model, param_shapes, split_model
 
 
 def train_noise(key, arch, batch_size):
@@ -106,7 +106,6 @@ class JaxTrainer:
         self._set_weights(tree(weights.params), tree(weights.ema if weights.ema is not None else weights.params))
 
     def param_shapes(self):
-        from efficient_vdvae_jax.backend import param_shapes
         return param_shapes(self.config)
 
     def _set_weights(self, params, ema):

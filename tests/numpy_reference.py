@@ -1,4 +1,4 @@
-"""Independent float64 NumPy/SciPy reference of the losses, written from model.md 5.1-5.6 (tests only).
+"""Independent float64 NumPy/SciPy reference of the losses, written from their formulas (tests only).
 
 Deliberately plain: explicit loops over mixtures and colour channels, SciPy's log-sigmoid, and the
 edge pixels recognised by their position on the pixel grid rather than by float equality.

@@ -27,7 +27,7 @@ from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan
 from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.metrics import effective_pixels, report_unit_name
-from efficient_vdvae_core.schedules import is_skipped, step_values
+from efficient_vdvae_core.schedules import step_values
 from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_core.training import tags
 from efficient_vdvae_core.training.images import grid_images, images_to_uint8

@@ -1,4 +1,4 @@
-"""Bottom-up and top-down networks and the full autoencoder (model.md sections 3.6-4). Flax NNX, NHWC.
+"""Bottom-up and top-down networks and the full autoencoder. Flax NNX, NHWC.
 
 Module attributes and list indices are those of the PyTorch model: the nnx state path of each
 parameter equals the torch state_dict name split at '.' (list indices as ints), `weight` -> `kernel`.

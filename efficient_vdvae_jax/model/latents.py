@@ -1,4 +1,4 @@
-"""Diagonal Gaussian latent layer with 'std' or 'logstd' parameterisation (model.md 3.5). NHWC."""
+"""Diagonal Gaussian latent layer with 'std' or 'logstd' parameterisation. NHWC."""
 import jax
 import jax.numpy as jnp
 from flax import nnx

@@ -1,4 +1,4 @@
-"""Convolutions, residual bottleneck cells and the pooling/unpooling layers (model.md section 3). NHWC.
+"""Convolutions, residual bottleneck cells and the pooling/unpooling layers. NHWC.
 
 Attribute names and list indices follow the PyTorch modules, so the nnx state path of every parameter
 is the torch state_dict name split at '.', with `weight` -> `kernel` (HWIO). Lists of sub-modules are
@@ -6,7 +6,7 @@ plain Python lists (list positions become int path entries).
 
 All modules of the model are nnx graph nodes with `pytree=False`: they are used through the nnx graph
 API (nnx.split / merge / state / jit / grad), and skipping the per-attribute pytree checks makes
-building the big configs (thousands of parameters) about 2x faster, abstractly or not.
+building the big configs (thousands of parameters) faster, abstractly or not.
 """
 import math
 
@@ -25,7 +25,7 @@ class ParamKeys:
     """Fresh parameter-init keys fold_in(key, 1), fold_in(key, 2), ...: a plain counter, cheap to trace.
 
     (Drawing from an nnx.Rngs stream per parameter makes abstract evaluation of the large configs
-    about 20x slower: each draw updates a traced counter variable.)
+    much slower: each draw updates a traced counter variable.)
     """
 
     def __init__(self, key):
@@ -85,11 +85,8 @@ def conv(x, kernel, stride=(1, 1)):
 
 
 def conv1x1(x, kernel):
-    """A 1x1 conv as one matrix product over all pixels (NHWC). Against XLA:CPU's convolution through
-    YNNPACK it was about 2x faster (bench/train_step.py --framework jax). Against the Eigen convolution of
-    utils/cpu.py it loses on its own (384 -> 96 at 8x32x32, both gradients: 9.4 vs 8.4 ms) but wins in
-    whole training steps (the convolution takes 1.09x the step time on cifar10_baseline, 1.03x on
-    binarized_mnist_baseline; both programs alternating in one process)."""
+    """A 1x1 conv as one matrix product over all pixels (NHWC): whole training steps are faster with it
+    than with XLA:CPU's convolution, through YNNPACK or Eigen (bench/README.md)."""
     batch, height, width, channels = x.shape
     y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, -1))
     return y.reshape(batch, height, width, -1)
@@ -97,8 +94,7 @@ def conv1x1(x, kernel):
 
 def silu(x):
     """SiLU computed on its own: XLA:CPU would otherwise fuse it into the conv or dot that reads it, and
-    the fused product runs about 3x slower than the library GEMM on a plain input (a 1x1 conv at
-    cifar10_baseline's 32x32x384: 17 ms fused, 5 ms not)."""
+    the fused product runs slower than the library GEMM on a plain input (bench/README.md)."""
     return jax.lax.optimization_barrier(jax.nn.silu(x))
 
 

@@ -1,4 +1,4 @@
-"""Reconstruction (MoL, Bernoulli) and KL losses, gamma balancing and the VAE objective (model.md 5). NHWC.
+"""Reconstruction (MoL, Bernoulli) and KL losses, gamma balancing and the VAE objective. NHWC.
 
 Mirrors efficient_vdvae_torch/model/losses.py: the same formulas, channel layout, units and fields.
 Everything is a pure, jit-able and differentiable function. Units: "nats" are natural-log units,
@@ -21,7 +21,7 @@ CDF_DELTA_THRESHOLD = 1e-5  # interior pixels with less bin mass use the density
 def split_mol_logits(logits, num_mixtures):
     """Split (B, H, W, M(3C+1)) logits into mixture logits (B, H, W, M) and means, raw scales, raw AR
     coefficients, each (B, H, W, C, M). The last axis holds (C, 3M) after the M mixture logits, the
-    PyTorch model's order (model.md 5.1), so logits are the same numbers in both frameworks."""
+    PyTorch model's order, so logits are the same numbers in both frameworks."""
     *lead, k = logits.shape
     m = num_mixtures
     per_mixture, rem = divmod(k, m)
@@ -37,7 +37,7 @@ def mol_nll(logits, targets, *, num_bits, num_mixtures, distribution_base, beta,
 
     logits (B, H, W, M(3C+1)), targets (B, H, W, C) in [min_pix, max_pix], C = 3 (autoregressive
     coefficients) or 1 (coefficient slots present but unused). `beta` is the output softplus/exp
-    smoothing beta, `min_log_scale` the log-scale floor (model.md 5.1).
+    smoothing beta, `min_log_scale` the log-scale floor.
     """
     mix_logits, means, raw_scales, raw_coeffs = split_mol_logits(logits, num_mixtures)
     channels = means.shape[-2]
@@ -59,7 +59,7 @@ def mol_nll(logits, targets, *, num_bits, num_mixtures, distribution_base, beta,
         scale = jnp.maximum(softplus(raw_scales, beta), math.exp(min_log_scale))
         log_scale, inv_scale = jnp.log(scale), 1.0 / scale
     elif distribution_base == "logstd":
-        # The unscaled log-scale enters log_pdf_mid (original quirk, model.md 13.9).
+        # The original's quirk is kept: log_pdf_mid uses the unscaled log-scale, inv_scale exp(-beta * it).
         log_scale = jnp.maximum(raw_scales, min_log_scale)
         inv_scale = jnp.exp(-beta * log_scale)
     else:
@@ -102,7 +102,7 @@ def bernoulli_nll(logits, targets):
 
 
 def gaussian_kl(post, prior, *, distribution_base, beta):
-    """Elementwise KL(posterior || prior) between diagonal Gaussians, (B, H, W, V) in nats (model.md 5.3).
+    """Elementwise KL(posterior || prior) between diagonal Gaussians, (B, H, W, V) in nats.
 
     `post` and `prior` are the latent layers' stats [mean, std] ('std') or [mean, logstd] ('logstd',
     std = exp(beta * logstd)); the log term includes beta (the PyTorch form; the original JAX omitted
@@ -124,7 +124,7 @@ def gaussian_kl(post, prior, *, distribution_base, beta):
 
 
 def gamma_weights(kl_per_layer_nats_per_dim, kl_per_layer_nats_per_latent, *, scaled):
-    """NVAE gamma balancing weights alpha (N_lat,), gradient-stopped, summing to N_lat (model.md 5.6).
+    """NVAE gamma balancing weights alpha (N_lat,), gradient-stopped, summing to N_lat.
 
     alpha_l = N_lat * a_l / sum_k a_k with a = the per-latent-element KL if `scaled` else the per-dim
     KL. All-zero KLs give weights 1 (the original's 0/0 = NaN is not reproduced).
@@ -158,7 +158,7 @@ class VAEObjective:
 
 def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, batch_size, variate_masks=None,
                   gamma_stats_reduce=None):
-    """Negative ELBO objective of one batch (model.md 5.4-5.6).
+    """Negative ELBO objective of one batch: reconstruction + beta * gamma-balanced KL.
 
     logits/targets: output head logits and data (NHWC); posteriors/priors: one stats pair per latent
     layer in layer order; cfg: efficient_vdvae_core.config.Config. `beta` (KL weight) and `gamma_on`

@@ -1,4 +1,4 @@
-"""Output-layer samplers: images from MoL or Bernoulli logits (model.md 8.1-8.2). NHWC arrays.
+"""Output-layer samplers: images from MoL or Bernoulli logits. NHWC arrays.
 
 Mirrors efficient_vdvae_torch/model/sampling.py; randomness comes from an explicit PRNG key.
 """
@@ -28,7 +28,7 @@ def sample_mol(logits, key, *, num_bits, num_mixtures, distribution_base, beta, 
     """Images (B, H, W, C) in [min_pix, max_pix] from MoL logits (B, H, W, M(3C+1)); C = 3 or 1.
 
     Gumbel-max mixture choice on logits / temperature, logistic noise scaled by temperature, then the
-    channel autoregression with clamping after each channel (model.md 8.1). No quantisation.
+    channel autoregression with clamping after each channel, as the original. No quantisation.
     temperature (a Python number) = 0 gives the most likely component's mean (no noise). `noise`: the
     uniform draws in [0, 1) (mixture (B, H, W, M), logistic (B, H, W, C)), else drawn from `key`.
     """

@@ -100,7 +100,8 @@ def _is_npz(path):
 
 def read_weights(path):
     """Weights (NumPy, PyTorch layout) of an Orbax folder, a converted .npz or a PyTorch .pt file."""
-    from efficient_vdvae_jax.convert import jax_params_to_torch_state_dict, load_jax_params
+    from efficient_vdvae_core.params import jax_params_to_torch_state_dict
+    from efficient_vdvae_core.npz_weights import load_jax_params
     path = Path(path)
     if path.is_dir():
         state, meta = read_orbax_state(path)

@@ -1,4 +1,4 @@
-"""SSIM metric as the original computes it (model.md section 10), per example, NHWC."""
+"""SSIM metric as the original computes it, per example, NHWC."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -22,3 +22,12 @@ def merge_model(graphdef, params, rest):
 def init_state(params, tx):
     """A fresh TrainState: a dict of params, EMA params (a copy) and optimizer state (the counters are the core's)."""
     return {"params": params, "ema": jax.tree.map(jnp.array, params), "opt_state": tx.init(params)}
+
+
+def param_shapes(config):
+    """{torch state_dict name: PyTorch-layout shape} of the model of a Config (abstract: nothing allocated)."""
+    from efficient_vdvae_core.architecture import build_architecture
+    from efficient_vdvae_core.params import jax_to_torch_key
+    from efficient_vdvae_jax.summary import abstract_params
+    shapes = abstract_params(build_architecture(config.model, config.data), config.model)
+    return dict(jax_to_torch_key(path, shape) for path, shape in shapes)

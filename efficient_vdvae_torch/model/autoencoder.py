@@ -1,4 +1,4 @@
-"""Bottom-up and top-down networks and the full autoencoder (model.md sections 3.6-4)."""
+"""Bottom-up and top-down networks and the full autoencoder."""
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint

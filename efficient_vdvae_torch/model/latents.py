@@ -1,4 +1,4 @@
-"""Diagonal Gaussian latent layer with 'std' or 'logstd' parameterisation (model.md 3.5)."""
+"""Diagonal Gaussian latent layer with 'std' or 'logstd' parameterisation."""
 import torch
 from torch import nn
 from torch.nn import functional as F

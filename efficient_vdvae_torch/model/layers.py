@@ -1,4 +1,4 @@
-"""Convolutions, residual bottleneck cells and the pooling/unpooling layers (model.md section 3)."""
+"""Convolutions, residual bottleneck cells and the pooling/unpooling layers."""
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -1,4 +1,4 @@
-"""Reconstruction (MoL, Bernoulli) and KL losses, gamma balancing and the VAE objective (model.md 5).
+"""Reconstruction (MoL, Bernoulli) and KL losses, gamma balancing and the VAE objective.
 
 Tensors are NCHW. Everything is a pure function; new tensors take device and dtype from the inputs.
 Units: "nats" are natural-log units, "per dim" divides by the data dimension count E
@@ -23,7 +23,8 @@ BRANCH_MIN, BRANCH_MAX, BRANCH_BIN_MASS, BRANCH_DENSITY = 0, 1, 2, 3
 
 def split_mol_logits(logits, num_mixtures):
     """Split (B, M(3C+1), H, W) logits into views: mixture logits (B, M, H, W) and
-    means, raw scales, raw AR coefficients, each (B, C, M, H, W) (torch layout (C, 3M), model.md 5.1)."""
+    means, raw scales, raw AR coefficients, each (B, C, M, H, W) (the channels after the M mixture
+    logits are laid out as (C, 3M))."""
     b, k, h, w = logits.shape
     m = num_mixtures
     per_mixture, rem = divmod(k, m)
@@ -58,7 +59,7 @@ def _mol_log_probs(logits, targets, num_bits, num_mixtures, distribution_base, b
         scale = F.softplus(raw_scales, beta=beta).clamp_min(math.exp(min_log_scale))
         log_scale, inv_scale = torch.log(scale), torch.reciprocal(scale)
     elif distribution_base == "logstd":
-        # The unscaled log-scale enters log_pdf_mid (original quirk, model.md 13.9).
+        # The original's quirk is kept: log_pdf_mid uses the unscaled log-scale, inv_scale exp(-beta * it).
         log_scale = raw_scales.clamp_min(min_log_scale)
         inv_scale = torch.exp(-beta * log_scale)
     else:
@@ -90,7 +91,7 @@ def mol_nll(logits, targets, *, num_bits, num_mixtures, distribution_base, beta,
 
     logits (B, M(3C+1), H, W), targets (B, C, H, W) in [min_pix, max_pix], C = 3 (autoregressive
     coefficients) or 1 (coefficient slots present but unused). `beta` is the output softplus/exp
-    smoothing beta, `min_log_scale` the log-scale floor (model.md 5.1).
+    smoothing beta, `min_log_scale` the log-scale floor.
     """
     log_probs, mix_logits, _ = _mol_log_probs(logits, targets, num_bits, num_mixtures, distribution_base,
                                               beta, min_log_scale)
@@ -122,7 +123,7 @@ def bernoulli_nll(logits, targets):
 
 
 def gaussian_kl(post, prior, *, distribution_base, beta):
-    """Elementwise KL(posterior || prior) between diagonal Gaussians, (B, V, H, W) in nats (model.md 5.3).
+    """Elementwise KL(posterior || prior) between diagonal Gaussians, (B, V, H, W) in nats.
 
     `post` and `prior` are the latent layers' stats [mean, std] ('std') or [mean, logstd] ('logstd',
     std = exp(beta * logstd)); the log term includes beta (the PyTorch form; JAX's omission was a bug).
@@ -143,7 +144,7 @@ def gaussian_kl(post, prior, *, distribution_base, beta):
 
 
 def gamma_weights(kl_per_layer_nats_per_dim, kl_per_layer_nats_per_latent, *, scaled):
-    """NVAE gamma balancing weights alpha (N_lat,), detached, summing to N_lat (model.md 5.6).
+    """NVAE gamma balancing weights alpha (N_lat,), detached, summing to N_lat.
 
     alpha_l = N_lat * a_l / sum_k a_k with a = the per-latent-element KL if `scaled` else the
     per-dim KL. All-zero KLs give weights 1 (the original's 0/0 = NaN is not reproduced).
@@ -178,7 +179,7 @@ class VAEObjective:
 
 def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, batch_size, variate_masks=None,
                   gamma_stats_reduce=None):
-    """Negative ELBO objective of one batch (model.md 5.4-5.6).
+    """Negative ELBO objective of one batch: reconstruction + beta * gamma-balanced KL.
 
     logits/targets: output head logits and data (NCHW); posteriors/priors: one stats pair per latent
     layer in layer order; cfg: efficient_vdvae_core.config.Config; `beta` (KL weight) and `gamma_on`

@@ -1,4 +1,4 @@
-"""Output-layer samplers: images from MoL or Bernoulli logits (model.md 8.1-8.2). NCHW tensors.
+"""Output-layer samplers: images from MoL or Bernoulli logits. NCHW tensors.
 
 Random draws use `noise` (given uniform draws in [0, 1)) or else `generator` (it must live on the
 logits' device), so results are reproducible; outputs are created on the logits' device.
@@ -24,7 +24,7 @@ def sample_mol(logits, *, num_bits, num_mixtures, distribution_base, beta, min_l
     """Images (B, C, H, W) in [min_pix, max_pix] from MoL logits (B, M(3C+1), H, W); C = 3 or 1.
 
     Gumbel-max mixture choice on logits / temperature, logistic noise scaled by temperature, then the
-    channel autoregression with clamping after each channel (model.md 8.1). No quantisation.
+    channel autoregression with clamping after each channel, as the original. No quantisation.
     temperature = 0 gives the most likely component's mean (no noise). `noise`: the uniform draws
     (mixture (B, M, H, W), logistic (B, C, H, W)), else drawn from `generator`.
     """

@@ -54,15 +54,6 @@ def all_reduce_sum(tensor):
     return tensor
 
 
-def broadcast_object(obj, src=0):
-    """Send a picklable object from rank `src` to all ranks."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def shutdown():
     """Leave the process group cleanly: a barrier so no rank exits while others still talk, then destroy."""
     if dist.is_initialized():

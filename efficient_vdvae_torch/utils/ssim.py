@@ -1,4 +1,4 @@
-"""SSIM metric as the original computes it (model.md section 10), per example."""
+"""SSIM metric as the original computes it, per example."""
 import torch
 from torch.nn import functional as F
 

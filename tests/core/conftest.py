@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from efficient_vdvae_core.config import render_text
+from efficient_vdvae_core.config import ConfigError, load_config, render_text
 
 REPO = Path(__file__).resolve().parents[2]
 EGS = REPO / "egs"
@@ -31,3 +31,15 @@ def write_cfg(tmp_path):
         path.write_text(text + append, encoding="utf-8")
         return path
     return write
+
+
+def assert_one_line_error(path, *needles, overrides=()):
+    """Loading `path` raises one ConfigError line that names the file and holds every needle; returns it."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message

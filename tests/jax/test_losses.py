@@ -15,7 +15,6 @@ from tests.conftest import REFERENCE, egs_config
 
 VECTORS = REFERENCE / "loss_vectors"
 MOL_FILES = ["mol_8bit_std", "mol_5bit_std", "mol_8bit_logstd", "mol_8bit_logstd_beta1"]
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"reference loss vectors not found at {VECTORS}")
 BETA_LN2 = 0.6931472
 
 
@@ -45,7 +44,6 @@ def with_values(cfg, **values):
 
 # ---------------------------------------------------------------- reference vectors of the original code
 
-@needs_vectors
 @pytest.mark.parametrize("name", MOL_FILES)
 def test_mol_reference_vectors(name):
     """Our layout = torch's: the NCHW logits transposed to NHWC (not the original JAX `logits_nhwc`)."""
@@ -90,7 +88,6 @@ def test_mol_rejects_bad_shapes():
         losses.mol_nll(jnp.zeros((1, 2, 2, 30)), jnp.zeros((1, 2, 2, 1)), **kwargs)
 
 
-@needs_vectors
 def test_bernoulli_reference_vectors():
     data, _ = load_vectors("bernoulli")
     logits, targets = nhwc(data["logits_nchw"]), nhwc(data["targets_nchw"])
@@ -106,7 +103,6 @@ def test_bernoulli_reference_vectors():
     assert np.all(grad[:, border] == 0)
 
 
-@needs_vectors
 @pytest.mark.parametrize("base", ["std", "logstd"])
 def test_kl_reference_vectors(base):
     """'logstd' equals the PyTorch original (β in the log term), not the original JAX's `jax_loss`."""
@@ -248,7 +244,6 @@ def test_objective_masks_drop_kl_of_masked_variates(cifar_cfg):
     np.testing.assert_allclose(out.kl_per_layer_bits_per_latent, per_latent / math.log(2), rtol=1e-5)
 
 
-@needs_vectors
 def test_objective_binarized_reports_nats_per_image():
     data, _ = load_vectors("bernoulli")
     cfg = with_values(egs_config("binarized_mnist_baseline"), model__distribution_base="std",

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from efficient_vdvae_core.architecture import build_architecture
-from efficient_vdvae_jax.convert import jax_to_torch_key
+from efficient_vdvae_core.params import jax_to_torch_key
 from efficient_vdvae_jax.model.autoencoder import (
     Autoencoder,
     build_model,
@@ -182,7 +182,7 @@ def _glorot_std(kernel):
 
 
 def test_initialisation_statistics():
-    """model.md 14: stable-scaled last convs and z projections, zero biases, default-init first convs."""
+    """The original's init: stable-scaled last convs and z projections, zero biases, default-init first convs."""
     keys = ParamKeys(jax.random.key(0))
     s = math.sqrt(1 / 47)
     cell = ResidualConvCell(2, 384, 0.25, 3, s, True, keys=keys)

@@ -7,6 +7,10 @@ import torch
 
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.params import (export_original_jax_params, flatten_tree, import_original_jax_params,
+                                         jax_params_to_torch_state_dict, mol_channel_permutation,
+                                         original_jax_path_to_ours, ours_to_original_jax_path, torch_state_dict_to_jax,
+                                         unflatten_tree)
 from efficient_vdvae_jax import convert
 from efficient_vdvae_jax.model.losses import mol_nll
 from efficient_vdvae_jax.summary import abstract_params
@@ -35,19 +39,19 @@ def run_cli(*argv):
 def test_torch_jax_torch_round_trip_is_exact(name):
     config = egs_config(name)
     state = torch_state(config)
-    params = convert.torch_state_dict_to_jax(state)
+    params = torch_state_dict_to_jax(state)
     arch = build_architecture(config.model, config.data)
     expected = dict(abstract_params(arch, config.model))
-    flat = convert.flatten_tree(params)
+    flat = flatten_tree(params)
     assert {p: v.shape for p, v in flat.items()} == expected  # same key set, transposed shapes
     assert ("top_down", "levels_down_upsample", 1, "unpool", "ops", 0, "kernel") in flat
-    assert_same_state_dict(convert.jax_params_to_torch_state_dict(params), state)
+    assert_same_state_dict(jax_params_to_torch_state_dict(params), state)
 
 
 def test_npz_checkpoint_round_trip(tmp_path):
     config = egs_config("tiny")
-    params = convert.torch_state_dict_to_jax(torch_state(config, 0))
-    ema = convert.torch_state_dict_to_jax(torch_state(config, 1))
+    params = torch_state_dict_to_jax(torch_state(config, 0))
+    ema = torch_state_dict_to_jax(torch_state(config, 1))
     path = convert.save_jax_params(tmp_path / "ckpt.npz", params, ema, 42, config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
     with np.load(path) as data:  # plain NumPy, no pickle
@@ -56,7 +60,7 @@ def test_npz_checkpoint_round_trip(tmp_path):
     loaded = convert.load_jax_params(path)
     assert loaded.step == 42 and loaded.config == config.to_dict()
     for tree, want in ((loaded.params, params), (loaded.ema, ema)):
-        got, want = convert.flatten_tree(tree), convert.flatten_tree(want)
+        got, want = flatten_tree(tree), flatten_tree(want)
         assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
     no_ema = convert.load_jax_params(convert.save_jax_params(tmp_path / "b.npz", params, None, 0, None))
     assert no_ema.ema is None and no_ema.config is None
@@ -114,37 +118,37 @@ def reference_listing():
 def test_original_jax_importer_maps_every_path_of_the_reference_listing():
     listing = reference_listing()
     assert len(listing) == 945
-    tree = convert.unflatten_tree({tuple(p.split("/")): jax.ShapeDtypeStruct(s, np.float32)
-                                   for p, s in listing.items()})
-    ours = convert.flatten_tree(convert.import_original_jax_params({"params": tree}))
+    tree = unflatten_tree({tuple(p.split("/")): jax.ShapeDtypeStruct(s, np.float32)
+                           for p, s in listing.items()})
+    ours = flatten_tree(import_original_jax_params({"params": tree}))
     config = egs_config("binarized_mnist_baseline")
     expected = dict(abstract_params(build_architecture(config.model, config.data), config.model))
     assert {p: tuple(v.shape) for p, v in ours.items()} == expected
     for path in listing:
-        assert convert.ours_to_original_jax_path(convert.original_jax_path_to_ours(path)) == path
+        assert ours_to_original_jax_path(original_jax_path_to_ours(path)) == path
     with pytest.raises(ValueError, match="unknown parameter path"):
-        convert.original_jax_path_to_ours("top_down/block_down_level_0_upsample/dropout/kernel")
+        original_jax_path_to_ours("top_down/block_down_level_0_upsample/dropout/kernel")
 
 
 def test_original_jax_round_trip_permutes_the_mol_output_channels():
     config = egs_config("tiny")  # RGB, M = 3: K = 30
-    params = convert.torch_state_dict_to_jax(torch_state(config))
-    original = convert.export_original_jax_params(params)
-    src = convert.mol_channel_permutation(3, 3)
+    params = torch_state_dict_to_jax(torch_state(config))
+    original = export_original_jax_params(params)
+    src = mol_channel_permutation(3, 3)
     ours_kernel = params["top_down"]["output_conv"]["kernel"]
     original_kernel = original["top_down"]["output_conv"]["conv"]["kernel"]
     assert np.array_equal(original_kernel[..., src], ours_kernel) and not np.array_equal(original_kernel, ours_kernel)
     assert original["bottom_up"]["block_up_level_0_0"]["residual_block_0"]["conv_2"]["conv"]["kernel"].shape == \
         (1, 1, 8, 16)
-    back = convert.flatten_tree(convert.import_original_jax_params({"params": original}))
-    flat = convert.flatten_tree(params)
+    back = flatten_tree(import_original_jax_params({"params": original}))
+    flat = flatten_tree(params)
     assert back.keys() == flat.keys() and all(np.array_equal(back[k], flat[k]) for k in flat)
 
 
 def test_mol_permutation_matches_the_original_layout_and_loss():
     """Original (3M, C) logits permuted to our (C, 3M) layout equal the torch NCHW logits and give its loss."""
     data = np.load(REFERENCE / "loss_vectors" / "mol_8bit_std.npz")
-    src = convert.mol_channel_permutation(3, 3)
+    src = mol_channel_permutation(3, 3)
     ours = data["logits_nchw"].transpose(0, 2, 3, 1)
     assert np.array_equal(data["logits_nhwc"][..., src], ours)
     assert np.array_equal(np.argsort(data["nhwc_channel_source"]), src)
@@ -163,8 +167,8 @@ def test_cli_reads_an_original_jax_msgpack_checkpoint(tmp_path):
     from flax import serialization
     config = egs_config("tiny")
     model, ema = torch_state(config, 0), torch_state(config, 1)
-    original = convert.export_original_jax_params(convert.torch_state_dict_to_jax(model))
-    original_ema = convert.export_original_jax_params(convert.torch_state_dict_to_jax(ema))
+    original = export_original_jax_params(torch_state_dict_to_jax(model))
+    original_ema = export_original_jax_params(torch_state_dict_to_jax(ema))
     state = {"step": np.asarray(1234), "params": {"params": original}, "ema_params": {"params": original_ema},
              "opt_state": {"0": {"count": np.asarray(1234)}}, "ema_decay": np.asarray(0.9999)}
     (tmp_path / "checkpoint_1234").write_bytes(serialization.msgpack_serialize(state))
@@ -185,7 +189,7 @@ def test_cli_reads_an_orbax_checkpoint_folder(tmp_path):
     from efficient_vdvae_jax.utils.state import init_state
     config = egs_config("tiny")
     model = torch_state(config, 0)
-    params = jax.tree.map(jax.numpy.asarray, convert.torch_state_dict_to_jax(model))
+    params = jax.tree.map(jax.numpy.asarray, torch_state_dict_to_jax(model))
     store = CheckpointStore(tmp_path / "checkpoints-tiny", keep=2)
     folder = store.save(7, init_state(params, build_direction(config.optimizer)),
                         {"step": 7, "skips": 0, "consecutive_skips": 0, "config": config.to_dict()})

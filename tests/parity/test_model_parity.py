@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 from efficient_vdvae_core.schedules import gamma_active, kl_beta
-from efficient_vdvae_jax.convert import (
+from efficient_vdvae_core.params import (
     jax_params_to_torch_state_dict,
     torch_state_dict_to_jax,
 )

@@ -17,7 +17,7 @@ import torch
 
 from efficient_vdvae_core.runs import run_paths
 from efficient_vdvae_core.schedules import gamma_active, kl_beta, learning_rate
-from efficient_vdvae_jax.convert import torch_state_dict_to_jax
+from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.utils import optim as jax_optim
 from efficient_vdvae_torch.utils import optim as torch_optim
 from tests.conftest import egs_config

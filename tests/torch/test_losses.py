@@ -11,13 +11,11 @@ import torch
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_torch.model import losses
 from tests import numpy_reference as ref
-from tests.conftest import at_step
+from tests.conftest import REFERENCE, at_step
 
 EGS = Path(__file__).resolve().parents[2] / "egs"
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 VECTORS = REFERENCE / "loss_vectors"
 MOL_FILES = ["mol_8bit_std", "mol_5bit_std", "mol_8bit_logstd", "mol_8bit_logstd_beta1"]
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"reference loss vectors not found at {VECTORS}")
 BETA_LN2 = 0.6931472
 
 
@@ -150,7 +148,6 @@ def test_bernoulli_and_kl_match_numpy_reference():
 
 # ---------------------------------------------------------------- reference vectors of the original code
 
-@needs_vectors
 @pytest.mark.parametrize("name", MOL_FILES)
 def test_mol_reference_vectors(name):
     data, config = load_vectors(name)
@@ -187,7 +184,6 @@ def test_mol_reference_vectors(name):
     np.testing.assert_allclose(numpy_loss, data["loss_f64"], rtol=1e-12)
 
 
-@needs_vectors
 def test_bernoulli_reference_vectors():
     data, config = load_vectors("bernoulli")
     logits = torch.tensor(data["logits_nchw"], requires_grad=True)
@@ -207,7 +203,6 @@ def test_bernoulli_reference_vectors():
                                data["loss_f64"], rtol=1e-12)
 
 
-@needs_vectors
 @pytest.mark.parametrize("base", ["std", "logstd"])
 def test_kl_reference_vectors(base):
     data, config = load_vectors(f"kl_{base}")
@@ -257,7 +252,6 @@ def numpy_kls(posts, priors, base="std"):
             for p, q in zip(posts, priors)]
 
 
-@needs_vectors
 def test_objective_mol_and_kl_vectors(cifar_cfg):
     data, config = load_vectors("mol_8bit_std")
     kl_data, _ = load_vectors("kl_std")
@@ -288,7 +282,6 @@ def test_objective_mol_and_kl_vectors(cifar_cfg):
     np.testing.assert_allclose(report.nelbo_per_example.mean().item(), report.nelbo.item(), rtol=1e-5)
 
 
-@needs_vectors
 def test_objective_binarized_reports_nats_per_image():
     data, _ = load_vectors("bernoulli")
     cfg = with_values(egs_config("binarized_mnist_baseline"), loss__variation_schedule="None",

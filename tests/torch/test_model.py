@@ -93,7 +93,7 @@ def test_masked_forward_with_all_ones_equals_unmasked(tiny_config):
 
 
 def test_initialisation_statistics():
-    """model.md 14: stable-scaled last convs and z projections, zero biases, zero unpool bias, trainable_h."""
+    """The original's init: stable-scaled last convs and z projections, zero biases, zero unpool bias, trainable_h."""
     config, _ = load_config(EGS / "cifar10_baseline.cfg")
     torch.manual_seed(0)
     model = build_model(config)

@@ -1,4 +1,4 @@
-"""Optimizer maths (model.md 7): Adamax formula, decoupled weight decay and its mask, clipping, skipping, EMA."""
+"""Optimizer maths: Adamax formula, decoupled weight decay and its mask, clipping, skipping, EMA."""
 import math
 
 import torch
