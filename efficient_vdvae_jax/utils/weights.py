@@ -52,13 +52,12 @@ def read_orbax_weights(folder):
                    source=folder, framework="jax")
 
 
-def read_torch_weights(path):
-    """Weights of a PyTorch checkpoint file (ours or the original's), converted to JAX parameters."""
+def load_torch_file(path):
+    """The dict of a PyTorch checkpoint file (ours or the original's), tensors on the CPU."""
     try:
         import torch
     except ImportError:
         raise UserError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e '.[torch]')") from None
-    from efficient_vdvae_jax.convert import torch_state_dict_to_jax
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -68,6 +67,13 @@ def read_torch_weights(path):
         raise CheckpointError(f"{path}: unreadable checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model_state_dict" not in state:
         raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint (no 'model_state_dict')")
+    return state
+
+
+def read_torch_weights(path):
+    """Weights of a PyTorch checkpoint file (ours or the original's), converted to JAX parameters."""
+    from efficient_vdvae_jax.convert import torch_state_dict_to_jax
+    state = load_torch_file(path)
     ema = state.get("ema_model_state_dict")
     step = int(state["step"]) if "step" in state else int(state.get("global_step", -1)) + 1
     original = "format_version" not in state
