@@ -31,6 +31,7 @@ updates instead, carried separately as `optimizer_count`:
   `count` (equal to `step` in the original's files, as is the schedule's count).
 The next update's bias correction is 1 - beta1^(optimizer_count + 1) in both.
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_jax.convert import import_original_jax_params, jax_params_to_torch_state_dict
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_JAX_FILE = re.compile(r"^checkpoint_(\d+)$")
 
 
 class OriginalCheckpointError(UserError):
@@ -75,6 +77,18 @@ def file_kind(path):
     if head and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return "msgpack"
     return None
+
+
+def original_jax_files(directory):
+    """(step, path) of the JAX original's checkpoint FILES checkpoint_<N> in `directory`, oldest first.
+
+    Our JAX runs write checkpoint_<N> FOLDERS (Orbax), which are not listed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _JAX_FILE.match(p.name)) and p.is_file()]
+    return sorted(found)
 
 
 def _float32(value, source, what):
