@@ -3,6 +3,10 @@
 Each test writes a small checkpoint in the original's on-disk layout from known arrays, converts it,
 takes one Adamax update with a known gradient and compares with the update the stored moments imply.
 """
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +16,7 @@ from efficient_vdvae_torch.model.autoencoder import build_model
 from efficient_vdvae_torch.utils.checkpoint import load_model_state
 from efficient_vdvae_torch.utils.optim import build_optimizer, set_learning_rate
 from efficient_vdvae_torch.utils.original import adamax_state_dict, model_state_dicts, read_original_checkpoint
-from tests.conftest import egs_config
+from tests.conftest import REPO, egs_config
 from tests.original_files import (adamax_update, random_arrays, registration_order, write_original_jax,
                                   write_original_torch)
 
@@ -138,3 +142,22 @@ def test_a_checkpoint_of_this_code_is_not_taken_for_an_original(tmp_path):
     (tmp_path / "junk").write_bytes(b"\x81\xa4step\xc1")  # msgpack with an invalid byte
     with pytest.raises(OriginalCheckpointError, match="not a checkpoint of the original JAX code"):
         read_original_checkpoint(tmp_path / "junk")
+
+
+def test_a_pytorch_only_install_reads_the_jax_original(tiny, tmp_path):
+    """No JAX or flax needed to read a JAX original (the published CIFAR-10 model exists only as one)."""
+    config, _, arrays = tiny
+    path = tmp_path / "checkpoint_5"
+    write_original_jax(path, arrays["params"], arrays["ema"], arrays["m"], arrays["u"], count=5, step=5,
+                       num_mixtures=config.model.num_output_mixtures, channels=config.data.channels)
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["jax"] = sys.modules["flax"] = None  # importing either now fails
+        from efficient_vdvae_torch.utils.original import read_original_checkpoint
+        c = read_original_checkpoint(sys.argv[1])
+        print(c.framework, c.iteration_step, c.optimizer_count, len(c.exp_avg))
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["jax", "5", "5", str(len(arrays["params"]))]
