@@ -29,8 +29,13 @@ updates instead, carried separately as `optimizer_count`:
   drives its KL, gamma and LR schedules; the original resumes its loop at that `step`. So
   `iteration_step = step`, which continues its schedules unchanged; `optimizer_count` = the Adamax
   `count` (equal to `step` in the original's files, as is the schedule's count).
-The next update's bias correction is 1 - beta1^(optimizer_count + 1) in both.
+The next update's bias correction is 1 - beta1^(optimizer_count + 1) in both. Neither original stores
+its gradient-skip counter. The resumed update equals the original's when the schedules agree at that
+step (our 'cosine' is the JAX original's closed form, not the PyTorch original's recursive one) and
+the weight decay does: the PyTorch original never applied any whatever its config said, so its runs
+continue exactly with [loss] use_weight_decay = False.
 """
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +96,15 @@ def original_jax_files(directory):
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _malformed(source, what):
+    """Turn the KeyError/TypeError/ValueError of a malformed tree into one OriginalCheckpointError line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise OriginalCheckpointError(f"{source}: malformed {what} ({type(exc).__name__}: {exc})") from None
+
+
 def _float32(value, source, what):
     array = np.asarray(value)  # NumPy arrays and CPU tensors alike
     if not np.issubdtype(array.dtype, np.floating):
@@ -111,10 +125,13 @@ def parse_original_torch(state, source):
     params = _float_dict(state["model_state_dict"], source, "parameter")
     ema = state.get("ema_model_state_dict")
     ema = None if ema is None else _float_dict(ema, source, "EMA parameter")
-    exp_avg, exp_inf, count, settings = _torch_adamax(state.get("optimizer_state_dict"), params, source)
-    return OriginalCheckpoint(params=params, ema=ema, exp_avg=exp_avg, exp_inf=exp_inf,
-                              iteration_step=int(np.asarray(state["global_step"])) + 1, optimizer_count=count,
-                              ema_decay=None, adamax_settings=settings, framework="pytorch", source=source)
+    with _malformed(source, "optimizer_state_dict"):
+        exp_avg, exp_inf, count, settings = _torch_adamax(state.get("optimizer_state_dict"), params, source)
+    with _malformed(source, "global_step"):
+        iteration_step = int(np.asarray(state["global_step"])) + 1
+    return OriginalCheckpoint(params=params, ema=ema, exp_avg=exp_avg, exp_inf=exp_inf, iteration_step=iteration_step,
+                              optimizer_count=count, ema_decay=None, adamax_settings=settings, framework="pytorch",
+                              source=source)
 
 
 def _torch_adamax(optimizer_state, params, source):
@@ -190,12 +207,12 @@ def parse_original_jax(state, source, num_mixtures=None):
         if wrong or len(moments) != len(params):
             raise OriginalCheckpointError(f"{source}: opt_state {what} does not match params "
                                           f"(first: {(wrong or sorted(set(moments) - set(params)))[0]})")
-    ema_decay = state.get("ema_decay")
-    return OriginalCheckpoint(params=params, ema=ema, exp_avg=exp_avg, exp_inf=exp_inf,
-                              iteration_step=int(np.asarray(state["step"])),
-                              optimizer_count=int(np.asarray(adam["count"])),
-                              ema_decay=None if ema_decay is None else float(np.asarray(ema_decay)),
-                              adamax_settings=None, framework="jax", source=source)
+    with _malformed(source, "step, count or ema_decay"):
+        step, count = int(np.asarray(state["step"])), int(np.asarray(adam["count"]))
+        ema_decay = None if state.get("ema_decay") is None else float(np.asarray(state["ema_decay"]))
+    return OriginalCheckpoint(params=params, ema=ema, exp_avg=exp_avg, exp_inf=exp_inf, iteration_step=step,
+                              optimizer_count=count, ema_decay=ema_decay, adamax_settings=None, framework="jax",
+                              source=source)
 
 
 def check_adamax(checkpoint, opt_cfg):

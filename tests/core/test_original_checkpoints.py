@@ -49,6 +49,10 @@ def test_bad_original_files_are_refused_with_the_file_named():
     state["optimizer_state_dict"]["state"][1]["exp_avg"] = np.zeros(5, np.float32)
     with pytest.raises(OriginalCheckpointError, match="exp_avg of a.bias has shape"):
         parse_original_torch(state, "ckpt")
+    state = _torch_state(count=1)
+    del state["optimizer_state_dict"]["param_groups"][0]["betas"]
+    with pytest.raises(OriginalCheckpointError, match="ckpt: malformed optimizer_state_dict .KeyError: 'betas'"):
+        parse_original_torch(state, "ckpt")
     with pytest.raises(OriginalCheckpointError, match="no 'global_step'"):
         parse_original_torch({"model_state_dict": {}}, "ckpt")
     with pytest.raises(OriginalCheckpointError, match="no 'opt_state'"):
