@@ -27,6 +27,9 @@ metadata.json keys:
                        variates, ascending, into 0..V_l-1], "mean_file": "layer_<l>_mean.npy",
                        "std_file": "layer_<l>_std.npy"}
     array_layout      "NHWC", array_dtype "float32", names_file "names.txt"
+    model_fingerprint {"config_sha256": ..., "weights_sha256": ...} of the model that wrote the encodings
+                      (`model_fingerprint`), when the writer was given one; decoding with another model
+                      is refused (`check_same_model`)
     plus descriptive keys from the writer (run name, dataset, split, seed, checkpoint step,
     distribution_base, variate_masks_quantile, ...), which readers need not understand.
 
@@ -37,6 +40,7 @@ Reading with NumPy alone:
     for layer in meta["layers"]:
         mean = numpy.load(folder / layer["mean_file"], mmap_mode="r")  # (N, H, W, K)
 """
+import hashlib
 import json
 import os
 import re
@@ -53,6 +57,11 @@ FORMAT = "efficient-vdvae-encodings"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 NAMES_FILE = "names.txt"
+FINGERPRINT_KEY = "model_fingerprint"
+# The config values that decide what an encoding means: the whole [model] section and these [data] keys.
+MODEL_SHAPING_DATA_KEYS = ("dataset_source", "target_res", "channels", "num_bits")
+HASH_CHARS = 16  # hex digits kept of each SHA-256 (64 bits)
+CHECK_CHUNK_BYTES = 32 << 20  # rows of an array checked for NaN/inf at a time
 
 
 class EncodingsError(UserError):
@@ -92,6 +101,48 @@ def kept_layer_specs(masks, resolutions):
             for l, (row, r) in enumerate(zip(masks, resolutions)) if row.any()]
 
 
+def model_fingerprint(config, weights_numpy_by_name):
+    """{"config_sha256", "weights_sha256"}: hashes of the model-shaping config values and of the weights used.
+
+    `config`: a Config or its `to_dict()`; hashed are its [model] section and [data] MODEL_SHAPING_DATA_KEYS.
+    `weights_numpy_by_name`: {PyTorch state_dict name: array} in the PyTorch layout (OIHW kernels, NCHW
+    scale_bias/trainable_h), so both frameworks give the same fingerprint for the same weights (the JAX
+    side converts its tree with `jax_params_to_torch_state_dict`, which is exact). Each hash is the first
+    HASH_CHARS hex digits of a SHA-256.
+    """
+    sections = config if isinstance(config, dict) else config.to_dict()
+    shaping = {"model": sections["model"], "data": {k: sections["data"][k] for k in MODEL_SHAPING_DATA_KEYS}}
+    config_hash = hashlib.sha256(json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode())
+    weights_hash = hashlib.sha256()
+    for name in sorted(weights_numpy_by_name):
+        array = np.ascontiguousarray(np.asarray(weights_numpy_by_name[name]), dtype="<f4")
+        weights_hash.update(f"{name}:{array.shape}\n".encode())
+        weights_hash.update(memoryview(array).cast("B"))
+    return {"config_sha256": config_hash.hexdigest()[:HASH_CHARS],
+            "weights_sha256": weights_hash.hexdigest()[:HASH_CHARS]}
+
+
+def _describe(fingerprint):
+    if not fingerprint:
+        return "none (written without a model fingerprint)"
+    return f"config {fingerprint.get('config_sha256')} weights {fingerprint.get('weights_sha256')}"
+
+
+def check_same_model(metadata, fingerprint, allow_other_model, source=None):
+    """EncodingsError unless the encodings of `metadata` were written by the model of `fingerprint`.
+
+    With `allow_other_model` any encodings are accepted (decoding them with another model makes images
+    that mean nothing, unless the two models are the same network under another checkpoint format).
+    """
+    stored = metadata.get(FINGERPRINT_KEY)
+    if allow_other_model or stored == fingerprint:
+        return
+    where = f"{source}: " if source is not None else ""
+    raise EncodingsError(f"{where}these encodings were written by another model (encodings: {_describe(stored)}; "
+                         f"this model: {_describe(fingerprint)}); decode with the model and checkpoint that encoded "
+                         "them, or pass --allow-other-model to decode them anyway")
+
+
 class EncodingWriter:
     """Streams encodings into a new folder: `write(start, means, stds, names)` per batch, then `close()`.
 
@@ -101,7 +152,7 @@ class EncodingWriter:
     removes the partial folder.
     """
 
-    def __init__(self, folder, layers, n_images, n_variates, extra_metadata=None):
+    def __init__(self, folder, layers, n_images, n_variates, extra_metadata=None, fingerprint=None):
         if n_images < 1:
             raise ValueError("EncodingWriter: n_images must be >= 1")
         self.folder = Path(folder)
@@ -109,6 +160,7 @@ class EncodingWriter:
         self.n_images = int(n_images)
         self.n_variates = [int(v) for v in n_variates]
         self.extra_metadata = dict(extra_metadata or {})
+        self.fingerprint = None if fingerprint is None else dict(fingerprint)
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.folder.with_name(f".{self.folder.name}.partial-{os.getpid()}")
         if self.partial.exists():
@@ -152,6 +204,8 @@ class EncodingWriter:
         required = {"n_images": self.n_images, "n_latent_layers": len(self.n_variates), "n_variates": self.n_variates,
                     "layers": [spec.to_json() for spec in self.layers], "array_layout": "NHWC",
                     "array_dtype": "float32", "names_file": NAMES_FILE}
+        if self.fingerprint is not None:
+            required[FINGERPRINT_KEY] = self.fingerprint
         extra = {k: v for k, v in self.extra_metadata.items() if k not in required and not k.startswith("format")}
         metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, **extra, **required}
         (self.partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
@@ -192,8 +246,12 @@ class Encodings:
         return len(self.names)
 
 
-def read_encodings(folder):
-    """Open an encodings folder written by EncodingWriter (any machine, any framework)."""
+def read_encodings(folder, check_values=True):
+    """Open an encodings folder written by EncodingWriter (any machine, any framework).
+
+    With `check_values`, every array is scanned once (in chunks, through its memory map) and a NaN or
+    infinite value, or a negative standard deviation, is refused naming the file and the first image.
+    """
     folder = Path(folder)
     meta_path = folder / METADATA_FILE
     if not folder.is_dir():
@@ -228,8 +286,27 @@ def read_encodings(folder):
             if array.shape != (n, *spec.shape) or array.dtype != np.float32:
                 raise EncodingsError(f"{path}: {array.dtype} array of shape {array.shape}, expected float32 "
                                      f"{(n, *spec.shape)}")
+            if check_values:
+                _check_values(array, path, names, is_std=key == "std_file")
             store[spec.layer] = array
     return Encodings(folder=folder, metadata=metadata, names=names, layers=layers, means=means, stds=stds)
+
+
+def _check_values(array, path, names, is_std):
+    """EncodingsError at the first image of `array` (N, ...) with a NaN/inf value, or a negative std."""
+    rows = max(1, CHECK_CHUNK_BYTES // max(1, int(np.prod(array.shape[1:])) * array.itemsize))
+    for start in range(0, len(array), rows):
+        chunk = array[start:start + rows]
+        bad = ~np.isfinite(chunk)
+        if is_std:
+            bad |= chunk < 0
+        if bad.any():
+            per_image = bad.reshape(len(chunk), -1)
+            first = start + int(np.flatnonzero(per_image.any(axis=1))[0])
+            value = array[first].reshape(-1)[np.flatnonzero(per_image[first - start])[0]]
+            what = "non-finite or negative standard deviations" if is_std else "non-finite values"
+            raise EncodingsError(f"{path}: {what} (first: {value} at image {first}, {names[first]!r}); the "
+                                 "encodings are damaged: run the 'encoding' mode again")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -1,9 +1,9 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Launch PyTorch training with torchrun: one process per GPU (or one CPU process without GPUs).
 #   sh train.sh [--config PATH] [--set section.key=value ...]
 # Multi-node: pass torchrun's rendezvous options through TORCHRUN_ARGS, e.g.
 #   TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500" sh train.sh
-set -eu  # POSIX sh (users run `sh train.sh`), so no pipefail
+set -eu  # POSIX sh (users run `sh train.sh`, and sh is dash on Debian/Ubuntu): no pipelines, no pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 if [ -z "${NUM_GPUS_PER_NODE:-}" ]; then
   NUM_GPUS_PER_NODE="$("${PYTHON:-python}" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"

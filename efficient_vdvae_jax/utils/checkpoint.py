@@ -118,18 +118,26 @@ def read_weights(path):
     return read_torch_file(path)
 
 
-def read_torch_file(path):
-    """Weights of a PyTorch checkpoint file (ours or the original's), read with torch (needed only here)."""
+def load_torch_file(path):
+    """The dict of a PyTorch checkpoint file (ours or the original's), tensors on the CPU (needs torch only here)."""
     try:
         import torch
     except ImportError:
         raise CheckpointError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e '.[torch]')") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
     if not isinstance(state, dict) or "model_state_dict" not in state:
         raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint (no 'model_state_dict')")
+    return state
+
+
+def read_torch_file(path):
+    """Weights of a PyTorch checkpoint file (ours or the original's)."""
+    state = load_torch_file(path)
     original = "format_version" not in state
     step = int(state["step"]) if "step" in state else int(state.get("global_step", -1)) + 1
 

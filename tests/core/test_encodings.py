@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_core.encodings import (FORMAT_VERSION, EncodingsError, EncodingWriter, LayerSpec,
-                                            kept_layer_specs, read_encodings, safe_file_stems)
+                                            check_same_model, kept_layer_specs, model_fingerprint, read_encodings,
+                                            safe_file_stems)
+from tests.conftest import egs_config
 
 N_VARIATES = [4, 4, 4]
 
@@ -22,11 +24,11 @@ def _blocks(specs, n, seed):
     return means, stds
 
 
-def _write(folder, n=5, seed=0, batch=3, extra=None):
+def _write(folder, n=5, seed=0, batch=3, extra=None, fingerprint=None):
     specs = _specs()
     means, stds = _blocks(specs, n, seed)
     names = [f"img_{i}.png" for i in range(n - 1)] + ["odd\u2028name\x0c.png"]  # not line breaks in names.txt
-    with EncodingWriter(folder, specs, n, N_VARIATES, extra or {"run_name": "t"}) as writer:
+    with EncodingWriter(folder, specs, n, N_VARIATES, extra or {"run_name": "t"}, fingerprint) as writer:
         for start in range(0, n, batch):
             stop = min(start + batch, n)
             writer.write(start, {k: v[start:stop] for k, v in means.items()},
@@ -127,3 +129,65 @@ def test_layer_spec_json():
     spec = LayerSpec(layer=3, height=2, width=2, kept_variates=(0, 5))
     assert spec.to_json() == {"layer": 3, "height": 2, "width": 2, "kept_variates": [0, 5],
                               "mean_file": "layer_3_mean.npy", "std_file": "layer_3_std.npy"}
+
+
+def _weights(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"top_down.output_conv.weight": rng.normal(size=(30, 16, 1, 1)).astype(np.float32),
+            "top_down.output_conv.bias": rng.normal(size=30).astype(np.float32)}
+
+
+def test_model_fingerprint_hashes_the_model_shaping_config_and_every_weight():
+    config, weights = egs_config("tiny"), _weights()
+    fingerprint = model_fingerprint(config, weights)
+    assert set(fingerprint) == {"config_sha256", "weights_sha256"}
+    assert all(len(v) == 16 and int(v, 16) >= 0 for v in fingerprint.values())
+    assert model_fingerprint(config.to_dict(), dict(reversed(list(weights.items())))) == fingerprint
+    # training, synthesis and run keys do not shape the model; [model] and [data] channels do
+    same = egs_config("tiny", "train.batch_size=4", "synthesis.output_temperature=0.5", "run.name='other'")
+    assert model_fingerprint(same, weights) == fingerprint
+    wider = model_fingerprint(egs_config("tiny", "model.num_output_mixtures=4"), weights)
+    assert wider["config_sha256"] != fingerprint["config_sha256"] and wider["weights_sha256"] == \
+        fingerprint["weights_sha256"]
+    nudged = {k: v.copy() for k, v in weights.items()}
+    nudged["top_down.output_conv.bias"][7] = np.nextafter(nudged["top_down.output_conv.bias"][7], np.float32(9))
+    changed = model_fingerprint(config, nudged)
+    assert changed["weights_sha256"] != fingerprint["weights_sha256"]
+    assert changed["config_sha256"] == fingerprint["config_sha256"]
+
+
+def test_decoding_with_another_model_is_refused_unless_allowed(tmp_path):
+    config = egs_config("tiny")
+    ours, other = model_fingerprint(config, _weights(0)), model_fingerprint(config, _weights(1))
+    _write(tmp_path / "enc", fingerprint=ours)
+    enc = read_encodings(tmp_path / "enc")
+    assert enc.metadata["model_fingerprint"] == ours
+    check_same_model(enc.metadata, ours, allow_other_model=False)
+    with pytest.raises(EncodingsError) as info:
+        check_same_model(enc.metadata, other, allow_other_model=False, source=enc.folder)
+    message = str(info.value)
+    assert "\n" not in message and str(enc.folder) in message and "--allow-other-model" in message
+    assert ours["weights_sha256"] in message and other["weights_sha256"] in message
+    check_same_model(enc.metadata, other, allow_other_model=True)
+    _write(tmp_path / "old")  # no fingerprint: refused too, unless allowed
+    with pytest.raises(EncodingsError, match="written without a model fingerprint"):
+        check_same_model(read_encodings(tmp_path / "old").metadata, ours, allow_other_model=False)
+
+
+@pytest.mark.parametrize("damage", ["nan_mean", "inf_mean", "inf_std", "negative_std"])
+def test_non_finite_values_are_refused_naming_file_and_image(tmp_path, damage, monkeypatch):
+    import efficient_vdvae_core.encodings as encodings
+    monkeypatch.setattr(encodings, "CHECK_CHUNK_BYTES", 100)  # several chunks per file
+    folder = tmp_path / "enc"
+    _write(folder)
+    kind, value = {"nan_mean": ("mean", np.nan), "inf_mean": ("mean", np.inf), "inf_std": ("std", -np.inf),
+                   "negative_std": ("std", -0.5)}[damage]
+    array = np.load(folder / f"layer_1_{kind}.npy", mmap_mode="r+")
+    array[3, 2, 1, 0] = value
+    array.flush()
+    del array
+    with pytest.raises(EncodingsError) as info:
+        read_encodings(folder)
+    message = str(info.value)
+    assert f"layer_1_{kind}.npy" in message and "at image 3, 'img_3.png'" in message and "\n" not in message
+    assert len(read_encodings(folder, check_values=False)) == 5
