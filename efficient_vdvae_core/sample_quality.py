@@ -20,7 +20,7 @@ from scipy.special import log_softmax, logsumexp
 COVARIANCE_OFFSET = 1e-6  # added to both diagonals when the product's square root fails (singular covariances)
 SQRTM_RESIDUAL_TOLERANCE = 1e-6  # max |root @ root - A| / max |A| accepted from sqrtm without the offset
 IMAGINARY_TOLERANCE = 1e-3  # largest |imaginary part| on the diagonal of sqrtm accepted as rounding
-DISTANCE_CHUNK_ROWS = 1024
+DISTANCE_CHUNK_ROWS = 256  # rows of a distance block: 256 x N float64 (100 MB at N = 50k)
 
 
 def feature_statistics(features):

@@ -22,7 +22,7 @@ def posterior_latents(model, images, noise=None):
     if noise is None:
         noise = [jnp.zeros((images.shape[0], b.resolution, b.resolution, b.latent_variates), images.dtype)
                  for b in model.arch.latent_layers]
-    logits, posteriors, _ = model(images, None, noise)
+    logits, posteriors, _ = model(images, noise=noise)
     blocks = [block for _, block in model.top_down.blocks()]
     return logits, [block.posterior_layer.sample(post, eps) for block, post, eps in zip(blocks, posteriors, noise)]
 
@@ -39,13 +39,15 @@ def given_latents(latents, keep_top_layers=None):
 def decode_latents(model, latents):
     """Output logits (B, R, R, K) of the prior pass with every layer's z given."""
     n = len(latents)
-    return model.sample(latents[0].shape[0], [1.0] * n, given_latents(latents), key=jax.random.key(UNUSED_KEY_SEED))[0]
+    return model.sample(latents[0].shape[0], [1.0] * n, latents=given_latents(latents),
+                        key=jax.random.key(UNUSED_KEY_SEED))[0]
 
 
 def conditional_sample(model, latents, keep_top_layers, temperatures, *, key):
     """Logits of samples that keep the top `keep_top_layers` layers of `latents` and draw the rest from
     the prior at `temperatures` (one per latent layer) with `key`."""
-    return model.sample(latents[0].shape[0], list(temperatures), given_latents(latents, keep_top_layers), key=key)[0]
+    return model.sample(latents[0].shape[0], list(temperatures), latents=given_latents(latents, keep_top_layers),
+                        key=key)[0]
 
 
 def interpolated_latents(start, end, fractions, method):

@@ -58,7 +58,7 @@ def importance_terms(model, images, noise, config):
     m = config.model
     skips = [jnp.tile(s, (k, 1, 1, 1)) for s in model.bottom_up(images)]  # (k * B, ...), sample-major
     flat_noise = [eps.reshape(k * batch, *eps.shape[2:]) for eps in noise]
-    logits, posteriors, priors = model.top_down(skips, flat_noise)
+    logits, posteriors, priors = model.top_down(skips, noise=flat_noise)
     targets = jnp.tile(images, (k, 1, 1, 1))
     log_likelihood = -_per_example(reconstruction_nll(logits.astype(jnp.float32), targets, config))
     densities = dict(distribution_base=m.distribution_base, beta=m.gradient_smoothing_beta)

@@ -37,16 +37,17 @@ def given_latents(latents, keep_top_layers=None):
 
 @torch.no_grad()
 def decode_latents(model, latents):
-    """Output logits (B, K, R, R) of the prior pass with every layer's z given."""
+    """Output logits (B, K, R, R) of the prior pass with every layer's z given (the prior draws it makes
+    with the global torch RNG are discarded)."""
     n = len(latents)
-    return model.sample(latents[0].shape[0], [1.0] * n, given_latents(latents))[0]
+    return model.sample(latents[0].shape[0], [1.0] * n, latents=given_latents(latents))[0]
 
 
 @torch.no_grad()
 def conditional_sample(model, latents, keep_top_layers, temperatures):
     """Logits of samples that keep the top `keep_top_layers` layers of `latents` and draw the rest from
     the prior at `temperatures` (one per latent layer) with the global torch RNG."""
-    return model.sample(latents[0].shape[0], list(temperatures), given_latents(latents, keep_top_layers))[0]
+    return model.sample(latents[0].shape[0], list(temperatures), latents=given_latents(latents, keep_top_layers))[0]
 
 
 def interpolated_latents(start, end, fractions, method):

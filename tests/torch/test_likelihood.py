@@ -92,7 +92,7 @@ def test_log_density_ratio_averages_to_minus_kl(name, overrides):
     """E over z_l ~ q of log p(z_l) - log q(z_l) = -KL, per layer and image (given the layers above)."""
     config = egs_config(name, *overrides)
     model, x = model_and_images(config, 2, seed=3)
-    k = 300
+    k = 200
     terms = likelihood.importance_terms(model, x, sample_noise(model.arch, k, 2, torch.Generator().manual_seed(4)),
                                         config)
     difference = (terms.log_prior_minus_posterior + terms.kl).numpy()  # (k, B, N_lat), zero mean
