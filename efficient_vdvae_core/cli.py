@@ -14,6 +14,11 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def build_tool_parser(description):
+    """An argparse parser with one-line usage errors and no run options, for standalone tools."""
+    return _OneLineParser(description=description)
+
+
 def build_parser(description):
     """An argparse parser with --config, --set (repeatable) and --workdir."""
     parser = _OneLineParser(description=description)

@@ -135,6 +135,19 @@ def gamma_weights(kl_per_layer_nats_per_dim, kl_per_layer_nats_per_latent, *, sc
     return jnp.where(total > 0, weights, jnp.ones_like(weights))
 
 
+def reconstruction_nll(logits, targets, cfg):
+    """-log p(x|z) per pixel in nats for the config's output head: Bernoulli (B, 28, 28) or MoL (B, H, W)."""
+    if is_binarized(cfg.data):
+        return bernoulli_nll(logits, targets)
+    if targets.shape[1] != cfg.data.target_res or targets.shape[2] != cfg.data.target_res:
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not match "
+                         f"data.target_res = {cfg.data.target_res}")
+    m = cfg.model
+    return mol_nll(logits, targets, num_bits=cfg.data.num_bits, num_mixtures=m.num_output_mixtures,
+                   distribution_base=m.output_distribution_base, beta=m.output_gradient_smoothing_beta,
+                   min_log_scale=cfg.loss.min_mol_logscale)
+
+
 @struct.dataclass
 class VAEObjective:
     """The training loss and its parts (a pytree). Only `loss` carries gradients.
@@ -171,15 +184,7 @@ def vae_objective(logits, targets, posteriors, priors, cfg, *, beta, gamma_on, b
     jit with a sharded batch the stats are already global and the default (identity) is right.
     """
     m, binarized = cfg.model, is_binarized(cfg.data)
-    if binarized:
-        nll = bernoulli_nll(logits, targets)
-    else:
-        if targets.shape[1] != cfg.data.target_res or targets.shape[2] != cfg.data.target_res:
-            raise ValueError(f"targets of shape {tuple(targets.shape)} do not match "
-                             f"data.target_res = {cfg.data.target_res}")
-        nll = mol_nll(logits, targets, num_bits=cfg.data.num_bits, num_mixtures=m.num_output_mixtures,
-                      distribution_base=m.output_distribution_base, beta=m.output_gradient_smoothing_beta,
-                      min_log_scale=cfg.loss.min_mol_logscale)
+    nll = reconstruction_nll(logits, targets, cfg)
     n_dims = effective_pixels(cfg.data)
     denom = batch_size * n_dims
     recon_per_example = nll.reshape(nll.shape[0], -1).sum(axis=1)  # (B,)
