@@ -59,6 +59,9 @@ class Codec(Protocol):
     def extra_candidates(self, directory: Path) -> list:
         """Checkpoints outside the numbering that resuming tries last (e.g. an adopted original file)."""
 
+    def owns(self, path: Path) -> bool:
+        """True for a numbered entry this codec wrote (only those are pruned)."""
+
 
 def os_error_reason(exc):
     """'No space left on device (ENOSPC)' for an OSError."""
@@ -172,7 +175,7 @@ class CheckpointFolder:
 
     def prune(self, step, keep):
         """Delete all but the newest `keep` checkpoints of steps <= `step`."""
-        for _, old in [(s, p) for s, p in self.list() if s <= step][:-keep]:
+        for _, old in [(s, p) for s, p in self.list() if s <= step and self.codec.owns(p)][:-keep]:
             remove_path(old)
 
 
@@ -193,6 +196,31 @@ def adopt_original_file(checkpoints, log=print):
     os.replace(staged, target)
     log(f"Found a checkpoint file of the original code; moved it to {target}")
     return target
+
+
+def original_candidates(directory, suffix):
+    """The original code's checkpoints in a run's folder that our numbering does not list, newest first.
+
+    The adopted PyTorch file (ORIGINAL_FILE), and where our numbered entries end in `suffix` (PyTorch's
+    '.pt'), the JAX original's checkpoint_<N> files too (JAX numbering lists those itself).
+    """
+    from efficient_vdvae_core.original_checkpoints import original_jax_files
+    found = [Path(directory) / ORIGINAL_FILE]
+    if suffix:
+        found += [p for _, p in reversed(original_jax_files(directory))]
+    return found
+
+
+def as_checkpoint(original):
+    """The efficient_vdvae_core.checkpoints.Checkpoint of an original checkpoint: its step and a note for the log."""
+    if original.exp_avg is None:
+        note = "it holds no optimizer state: Adamax starts from zero moments"
+    else:
+        note = (f"its Adamax moments continue, update count t = {original.optimizer_count}; the original "
+                f"{'PyTorch' if original.framework == 'pytorch' else 'JAX'} code would resume at this step too")
+    return Checkpoint(meta={"step": original.iteration_step, "original": True, "resume_note": note,
+                            "skips": 0, "consecutive_skips": 0},
+                      state={"original": original})
 
 
 def disk_error_message(exc, folder):

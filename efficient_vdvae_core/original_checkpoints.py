@@ -44,7 +44,6 @@ import numpy as np
 
 from efficient_vdvae_core import flax_msgpack
 from efficient_vdvae_core.errors import UserError
-# The parameter-name tables of the original JAX tree; only used here.
 from efficient_vdvae_core.params import import_original_jax_params, jax_params_to_torch_state_dict
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -220,3 +219,4 @@ def check_adamax(checkpoint, opt_cfg):
     if checkpoint.exp_avg is not None and opt_cfg.type != "Adamax":
         raise OriginalCheckpointError(f"{checkpoint.source}: holds Adamax moments but [optimizer] type is "
                                       f"{opt_cfg.type!r}; set type = 'Adamax' to resume it")
+

@@ -13,7 +13,8 @@ import numpy as np
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS
 from efficient_vdvae_core.training.backend import StepOutput
-from efficient_vdvae_core.weights import check_fits
+from efficient_vdvae_core.original_checkpoints import check_adamax
+from efficient_vdvae_core.weights import Weights, check_fits
 from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
 from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, prior_sample_fn, seed_key
@@ -21,6 +22,7 @@ from efficient_vdvae_jax.model.autoencoder import build_model
 from efficient_vdvae_jax.model.losses import vae_objective
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import OrbaxCodec, abstract_like
+from efficient_vdvae_jax.utils.original import adamax_state, param_trees
 from efficient_vdvae_jax.utils.optim import (apply_update, build_direction, clip_by_norm, decay_mask, ema_update,
                                              global_norm, select)
 from efficient_vdvae_jax.utils.state import init_state, merge_model, param_shapes, split_model
@@ -96,9 +98,19 @@ class JaxTrainer:
         return self.train_state
 
     def load_state(self, checkpoint, resume_from_ema):
-        self.train_state = checkpoint.state
+        state = checkpoint.state
+        if "original" in state:  # the original code's file (either framework): weights, EMA and Adamax moments
+            original = state["original"]
+            check_fits(Weights(params=original.params, ema=original.ema, step=original.iteration_step,
+                               config_dict=None, source=original.source, kind="original"), self.param_shapes())
+            check_adamax(original, self.config.optimizer)
+            params, ema = param_trees(original)
+            ema = params if ema is None else ema
+            state = {"params": params, "ema": ema, "opt_state": adamax_state(original, params)}
+            state = D.put_replicated(self.mesh, state)
+        self.train_state = state
         if resume_from_ema:
-            self._set_weights(checkpoint.state["ema"], checkpoint.state["ema"])
+            self._set_weights(state["ema"], state["ema"])
 
     def load_weights(self, weights):
         check_fits(weights, self.param_shapes())

@@ -15,13 +15,15 @@ from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS, derived_seed
 from efficient_vdvae_core.schedules import is_skipped
 from efficient_vdvae_core.training.backend import StepOutput
-from efficient_vdvae_core.weights import check_fits
+from efficient_vdvae_core.original_checkpoints import check_adamax
+from efficient_vdvae_core.weights import Weights, check_fits
 from efficient_vdvae_torch.data.loaders import make_train_loader, plan_loader
 from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, nhwc, output_noise, output_samples
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.model.losses import vae_objective
 from efficient_vdvae_torch.utils import distributed
 from efficient_vdvae_torch.utils.checkpoint import TorchCodec
+from efficient_vdvae_torch.utils.original import adamax_state_dict, model_state_dicts
 from efficient_vdvae_torch.utils.optim import (EMA, apply_weight_decay, build_optimizer, clip_gradients,
                                                decayed_parameters, gradient_norm, set_learning_rate)
 
@@ -72,12 +74,23 @@ class TorchTrainer:
 
     def load_state(self, checkpoint, resume_from_ema):
         state = checkpoint.state
+        if "original" in state:  # the original code's file (either framework): weights, EMA and Adamax moments
+            original = state["original"]
+            check_fits(Weights(params=original.params, ema=original.ema, step=original.iteration_step,
+                               config_dict=None, source=original.source, kind="original"), self._own_shapes())
+            check_adamax(original, self.config.optimizer)
+            raw, ema = model_state_dicts(original)
+            self._set_weights(raw, ema, resume_from_ema)
+            self.optimizer.load_state_dict(adamax_state_dict(self.optimizer, self.model, original))
+            return
         self._set_weights(state["model_state_dict"], state.get("ema_model_state_dict"), resume_from_ema)
-        if not checkpoint.meta.get("original"):
-            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+
+    def _own_shapes(self):
+        return {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
 
     def load_weights(self, weights):
-        check_fits(weights, {k: tuple(v.shape) for k, v in self.model.state_dict().items()})
+        check_fits(weights, self._own_shapes())
         as_tensors = (lambda tree: None if tree is None else {k: torch.from_numpy(np.array(v)) for k, v in tree.items()})
         self._set_weights(as_tensors(weights.params), as_tensors(weights.ema), False)
 

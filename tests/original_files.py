@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from efficient_vdvae_jax.convert import ours_to_original_jax_path, torch_to_jax_key, unflatten_tree
+from efficient_vdvae_core.params import ours_to_original_jax_path, torch_to_jax_key, unflatten_tree
 
 # Registration order of the original PyTorch modules: bottom_up before top_down; in a down block the
 # unpool layer (scale_bias before its conv), the cells, posterior, prior, both projections, z_projection.

@@ -8,7 +8,7 @@ store none, so the run's config describes their model. A mismatch is one line na
 from pathlib import Path
 
 from efficient_vdvae_core.architecture import build_architecture
-from efficient_vdvae_core.checkpoints import ORIGINAL_FILE, Checkpoint, CheckpointError, CheckpointFolder
+from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, CheckpointFolder, original_candidates
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.synthesis.common import Loaded
 from efficient_vdvae_core.weights import WeightsError, check_fits, model_config
@@ -35,8 +35,7 @@ def find_weights(paths, framework, checkpoint=None, log=print):
     if paths.checkpoints.is_file():  # the original's single checkpoint file, used where it lies
         return framework.read_weights(paths.checkpoints)
     folder = CheckpointFolder(paths.checkpoints, _WeightsCodec(framework))
-    extra = [paths.checkpoints / ORIGINAL_FILE] if framework.checkpoint_suffix == ".pt" else []
-    path, found = folder.latest(log=log, extra=extra)
+    path, found = folder.latest(log=log, extra=original_candidates(paths.checkpoints, framework.checkpoint_suffix))
     if found is None:
         raise UserError(f"no checkpoint in {paths.checkpoints}: train the run first (python train.py "
                         "--config ...) or pass --checkpoint PATH")

@@ -6,14 +6,15 @@ a temporary folder and renames it when complete; every process takes part in a m
 Numbering, fall-back, pruning and the write-failure policy are `efficient_vdvae_core.checkpoints`.
 """
 import re
-import zipfile
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError
+from efficient_vdvae_core import checkpoint_formats
+from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, as_checkpoint, original_candidates
 from efficient_vdvae_core.weights import Weights
+from efficient_vdvae_jax.utils.torch_files import read_torch_file
 
 _TEMPORARY = re.compile(r"^checkpoint_\d+\.orbax-checkpoint-tmp")
 
@@ -51,6 +52,9 @@ class OrbaxCodec:
 
     def read(self, path):
         path = Path(path)
+        if path.is_file():  # the original code's checkpoint_<N> (JAX) or adopted checkpoints-<name> (PyTorch) file
+            from efficient_vdvae_jax.utils.original import read_original_checkpoint
+            return as_checkpoint(read_original_checkpoint(path))
         if not path.is_dir():
             raise CheckpointError(f"{path}: not an Orbax checkpoint folder")
         try:
@@ -63,8 +67,12 @@ class OrbaxCodec:
     def is_temporary(self, name):
         return bool(_TEMPORARY.match(name))
 
+    def owns(self, path):
+        """Only our folders are pruned; the original code's checkpoint_<N> files in the folder are never deleted."""
+        return Path(path).is_dir()
+
     def extra_candidates(self, directory):
-        return []
+        return original_candidates(directory, self.suffix)
 
 
 def read_meta(folder):
@@ -89,60 +97,15 @@ def read_orbax_state(folder):
     return checkpoint.state, checkpoint.meta
 
 
-def _is_npz(path):
-    """True for a NumPy .npz archive (a zip of .npy members; a PyTorch file is a zip of pickles)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return bool(names) and all(n.endswith(".npy") for n in names)
-
-
 def read_weights(path):
-    """Weights (NumPy, PyTorch layout) of an Orbax folder, a converted .npz or a PyTorch .pt file."""
+    """Weights (NumPy, PyTorch layout) of any accepted checkpoint (efficient_vdvae_core.checkpoint_formats)."""
+    return checkpoint_formats.read_weights(path, read_pt=read_torch_file, read_orbax=read_orbax_weights)
+
+
+def read_orbax_weights(folder):
+    """Weights of one of our Orbax checkpoint folders."""
     from efficient_vdvae_core.params import jax_params_to_torch_state_dict
-    from efficient_vdvae_core.npz_weights import load_jax_params
-    path = Path(path)
-    if path.is_dir():
-        state, meta = read_orbax_state(path)
-        to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(lambda x: jax.device_get(x), tree)))
-        return Weights(params=to_torch(state["params"]), ema=to_torch(state["ema"]), step=int(meta["step"]),
-                       config_dict=meta["config"], source=path, kind="jax")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if _is_npz(path):
-        saved = load_jax_params(path)
-        return Weights(params=jax_params_to_torch_state_dict(saved.params),
-                       ema=None if saved.ema is None else jax_params_to_torch_state_dict(saved.ema),
-                       step=saved.step, config_dict=saved.config, source=path, kind="npz")
-    return read_torch_file(path)
-
-
-def load_torch_file(path):
-    """The dict of a PyTorch checkpoint file (ours or the original's), tensors on the CPU (needs torch only here)."""
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e '.[torch]')") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
-    if not isinstance(state, dict) or "model_state_dict" not in state:
-        raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint (no 'model_state_dict')")
-    return state
-
-
-def read_torch_file(path):
-    """Weights of a PyTorch checkpoint file (ours or the original's)."""
-    state = load_torch_file(path)
-    original = "format_version" not in state
-    step = int(state["step"]) if "step" in state else int(state.get("global_step", -1)) + 1
-
-    def numpy(state_dict):
-        return None if state_dict is None else {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
-    return Weights(params=numpy(state["model_state_dict"]), ema=numpy(state.get("ema_model_state_dict")), step=step,
-                   config_dict=None if original else state.get("config"), source=path,
-                   kind="original-torch" if original else "torch")
+    state, meta = read_orbax_state(folder)
+    to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(jax.device_get, tree)))
+    return Weights(params=to_torch(state["params"]), ema=to_torch(state["ema"]), step=int(meta["step"]),
+                   config_dict=meta["config"], source=Path(folder), kind="jax")

@@ -12,9 +12,9 @@ import numpy as np
 
 from efficient_vdvae_core.original_checkpoints import (OriginalCheckpointError, file_kind, parse_original_torch,
                                                        read_original_jax)
-from efficient_vdvae_jax.convert import torch_state_dict_to_jax
+from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.utils.optim import TorchAdamState
-from efficient_vdvae_jax.utils.checkpoint import load_torch_file
+from efficient_vdvae_jax.utils.torch_files import load_torch_file
 
 
 def read_original_checkpoint(path):

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from efficient_vdvae_core.checkpoints import ORIGINAL_FILE, Checkpoint, CheckpointError
+from efficient_vdvae_core import checkpoint_formats
+from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, as_checkpoint, original_candidates
+from efficient_vdvae_core.original_checkpoints import file_kind, parse_original_torch, read_original_jax
 from efficient_vdvae_core.runs import fsync_dir
 from efficient_vdvae_core.weights import Weights
 
@@ -84,21 +86,60 @@ class TorchCodec:
         fsync_dir(path.parent)
 
     def read(self, path):
+        if file_kind(path) == "msgpack":  # a checkpoint_<N> file of the original JAX code
+            return as_checkpoint(read_original_jax(path))
         state = read_checkpoint(path)
         if is_original_format(state):
-            meta = {"step": checkpoint_step(state), "original": True}
-        else:
-            meta = {k: v for k, v in state.items() if k not in STATE_KEYS}
+            return as_checkpoint(parse_original_torch(state, path))
+        meta = {k: v for k, v in state.items() if k not in STATE_KEYS}
         return Checkpoint(meta=meta, state={k: state[k] for k in STATE_KEYS if state.get(k) is not None})
 
     def is_temporary(self, name):
         return bool(_TEMPORARY.match(name))
 
+    def owns(self, path):
+        return Path(path).suffix == self.suffix
+
     def extra_candidates(self, directory):
-        return [Path(directory) / ORIGINAL_FILE]
+        """The adopted original PyTorch file, then the original JAX code's checkpoint_<N> files, newest first."""
+        return original_candidates(directory, self.suffix)
 
 
 def read_weights(path):
+    """Weights (NumPy, PyTorch layout) of any accepted checkpoint (efficient_vdvae_core.checkpoint_formats)."""
+    return checkpoint_formats.read_weights(path, read_pt=read_pt_weights, read_orbax=read_orbax_weights)
+
+
+def read_orbax_weights(folder):
+    """Weights of one of our JAX checkpoint folders, read with Orbax (needs JAX: pip install -e '.[jax]')."""
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise CheckpointError(f"{folder}: reading a JAX checkpoint needs JAX (pip install -e '.[jax]')") from None
+    from efficient_vdvae_core.params import jax_params_to_torch_state_dict
+    try:
+        with warnings.catch_warnings():  # restoring without a target is what we want here
+            warnings.simplefilter("ignore")
+            restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+                Path(folder).absolute(), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(),
+                                                                 meta=ocp.args.JsonRestore()))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{folder}: unreadable checkpoint ({reason})") from None
+    state, meta = restored["state"], restored["meta"]
+
+    def numpy(tree):
+        import numpy as np
+        return jax_params_to_torch_state_dict(_map_leaves(tree, np.asarray))
+    return Weights(params=numpy(state["params"]), ema=numpy(state["ema"]), step=int(meta["step"]),
+                   config_dict=meta.get("config"), source=Path(folder), kind="jax")
+
+
+def _map_leaves(tree, fn):
+    return {k: _map_leaves(v, fn) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
+
+
+def read_pt_weights(path):
     """Weights (NumPy, PyTorch layout) of a PyTorch checkpoint file, ours or the original's."""
     state = read_checkpoint(path)
     original = is_original_format(state)

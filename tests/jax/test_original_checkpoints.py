@@ -13,7 +13,7 @@ import torch
 
 from efficient_vdvae_core import flax_msgpack
 from efficient_vdvae_core.original_checkpoints import OriginalCheckpointError
-from efficient_vdvae_jax.convert import jax_params_to_torch_state_dict, torch_state_dict_to_jax
+from efficient_vdvae_core.params import jax_params_to_torch_state_dict, torch_state_dict_to_jax
 from efficient_vdvae_jax.model.autoencoder import build_model
 from efficient_vdvae_jax.utils.optim import apply_update, build_direction, decay_mask
 from efficient_vdvae_jax.utils.original import adamax_state, param_trees, read_original_checkpoint
