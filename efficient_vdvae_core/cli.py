@@ -28,6 +28,8 @@ def build_parser(description):
     parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="override one config value, e.g. --set train.batch_size=8; repeatable; applied "
                              "on top of the saved copy for an existing run, without changing it")
+    parser.add_argument("--verbose", action="store_true",
+                        help="list every key of --config that the saved config of an existing run overrides")
     parser.add_argument("--workdir", metavar="DIR", default=".",
                         help="folder that holds the run folders logs-<name>/ and checkpoints-<name>/ "
                              "(default: the current directory)")

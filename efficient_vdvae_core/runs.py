@@ -213,7 +213,7 @@ def _same_file(fd, path):
         return False
 
 
-def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log=print, check=None):
+def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log=print, check=None, verbose=False):
     """The Config and RunPaths of the run selected by `config_path` and `--set` overrides.
 
     The given file (with the overrides) is fully validated first and names the run. If the run's
@@ -241,8 +241,11 @@ def resolve_run_config(config_path, overrides=(), workdir=".", mode="train", log
                               f"folder {paths.logs.name}; set name = {name} in that file")
         log(f"Found existing {paths.saved_config}: resuming run '{name}' with its saved config.")
         ignored = differing_keys(given, config)
-        if ignored:
+        if ignored and verbose:
             log(f"Ignored keys of {config_path} that differ from the saved config: {', '.join(ignored)}")
+        elif ignored:
+            log(f"Ignored {len(ignored)} key(s) of {config_path} that differ from the saved config "
+                f"(--verbose lists them; --set section.key=value changes a value of this run)")
         if overrides:
             applied = ", ".join(_override_label(text) for text in overrides)
             log(f"Applied on top of the saved config (not written to it): {applied}")

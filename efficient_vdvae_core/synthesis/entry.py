@@ -16,7 +16,8 @@ def options_from_args(args):
 def synthesize_main(args, framework):
     """Run a trained model in its synthesis_mode (one process)."""
     options = options_from_args(args)
-    config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference")
+    config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
+                                       verbose=getattr(args, "verbose", False))
     dist = framework.init_distributed(config)
     if dist.n_processes > 1:
         raise UserError("synthesize.py runs in one process: start it with python, not torchrun")

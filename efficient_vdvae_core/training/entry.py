@@ -72,7 +72,8 @@ def train_main(args, framework):
     try:
         with lock:
             if main:
-                config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check)
+                config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check,
+                                                   verbose=getattr(args, "verbose", False))
             framework.barrier()  # a main process that failed above exits without it, and the launcher stops the others
             if not main:  # reads the copy the main process saved; never writes
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",

@@ -17,10 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 RESET_SH = REPO / "efficient_vdvae_torch" / "reset.sh"
 
 
-def resolve(path, overrides=(), mode="train", workdir=None):
+def resolve(path, overrides=(), mode="train", workdir=None, verbose=False):
     """resolve_run_config with the run folders next to `path`; returns (config, paths, log lines)."""
     lines = []
-    config, paths = resolve_run_config(path, overrides, workdir or path.parent, mode, log=lines.append)
+    config, paths = resolve_run_config(path, overrides, workdir or path.parent, mode, log=lines.append,
+                                       verbose=verbose)
     return config, paths, lines
 
 
@@ -53,12 +54,15 @@ def test_first_run_saves_the_given_file_with_overrides_written_in(write_cfg):
 def test_second_run_loads_the_saved_copy_and_lists_ignored_keys(write_cfg):
     first, paths, _ = resolve(write_cfg())
     changed = write_cfg({"train.batch_size": "16", "data.random_horizontal_flip": "False"}, filename="changed.cfg")
-    config, paths2, lines = resolve(changed)
+    config, paths2, lines = resolve(changed, verbose=True)
     assert config == first and paths2 == paths
     assert lines == [
         f"Found existing {paths.saved_config}: resuming run 'tiny' with its saved config.",
         f"Ignored keys of {changed} that differ from the saved config: data.random_horizontal_flip, train.batch_size",
     ]
+    _, _, lines = resolve(changed)  # without --verbose: one line with the count
+    assert lines[1] == (f"Ignored 2 key(s) of {changed} that differ from the saved config (--verbose lists them; "
+                        "--set section.key=value changes a value of this run)")
 
 
 def test_same_file_again_resumes_quietly(write_cfg):
