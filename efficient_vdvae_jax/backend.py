@@ -48,3 +48,12 @@ def trainer(config, dist, log=print):
 def inference(config, dist, params, log=print):
     from efficient_vdvae_jax.inference import JaxInference
     return JaxInference(config, dist, params, log)
+
+
+def sample_quality_scorer():
+    """The PyTorch side's scorer (its Inception network is TorchScript), or None without torch."""
+    try:
+        from efficient_vdvae_torch.backend import sample_quality_scorer as torch_scorer
+    except ImportError:
+        return None
+    return torch_scorer()

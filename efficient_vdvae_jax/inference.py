@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficient_vdvae_core.architecture import build_architecture
-from efficient_vdvae_core.randomness import DECODING, DIV_STATS, ENCODING, EVALUATION, GENERATION, PRIOR_STREAM
+from efficient_vdvae_core.randomness import (DECODING, DIV_STATS, ENCODING, EVALUATION, GENERATION, IW_NLL,
+                                             PRIOR_STREAM)
 from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import plan_batches
 from efficient_vdvae_jax.evaluation import (eval_output, evaluate_batch_fn, image_noise, output_noise, prior_sample_fn,
                                             seed_key)
 from efficient_vdvae_jax.model.autoencoder import build_model
+from efficient_vdvae_jax.model.likelihood import importance_terms
 from efficient_vdvae_jax.model.losses import gaussian_kl
 from efficient_vdvae_jax.model.sampling import output_samples
 from efficient_vdvae_jax.utils import distributed as D
@@ -94,20 +96,37 @@ class JaxInference:
         n = len(rows.images)
         return [(self._local(mean, n), self._local(std, n)) for mean, std in out]
 
-    def decode(self, latents, indices):
+    def decode(self, latents, indices, temperatures=None, purpose=DECODING, counter=0):
         cfg, arch, n = self.config, self.arch, len(indices)
 
         def build():
-            def decode(params, latents, indices):
+            def decode(params, latents, indices, temperatures, counter):
                 model = merge_model(self.graphdef, params, self.rest)
-                key = seed_key(cfg.run.seed, DECODING, 0)
-                logits, _ = model.sample(n, [1.0] * arch.n_latent_layers, latents,
+                key = seed_key(cfg.run.seed, purpose, counter)
+                logits, _ = model.sample(n, [temperatures[i] for i in range(arch.n_latent_layers)], latents,
                                          noise=image_noise(key, arch, indices, PRIOR_STREAM))
                 return output_samples(logits, cfg, None, noise=output_noise(key, cfg, indices))
             return jax.jit(decode)
         given = [None if e is None else (self._global(e[0]), jnp.asarray(e[1])) for e in latents]
-        out = self._kernel(("decode", n), build)(self.params, given, self._global(np.asarray(indices, np.int32)))
+        temperatures = np.ones(arch.n_latent_layers, np.float32) if temperatures is None else temperatures
+        out = self._kernel(("decode", n, purpose), build)(self.params, given, self._global(np.asarray(indices, np.int32)),
+                                                        jnp.asarray(temperatures, jnp.float32), np.int32(counter))
         return self._local(out, n).astype(np.float32)
+
+    def iw_terms(self, images, rows, first_sample, n_samples):
+        """Importance-sampling terms (NumPy, sample-major) of samples first_sample.. of every image."""
+        cfg, arch = self.config, self.arch
+
+        def build():
+            def terms(params, images, indices, samples):
+                model = merge_model(self.graphdef, params, self.rest)
+                noise = jax.vmap(lambda s: image_noise(seed_key(cfg.run.seed, IW_NLL, s), arch, indices))(samples)
+                return importance_terms(model, images, noise, cfg)
+            return jax.jit(terms)
+        samples = np.arange(first_sample, first_sample + n_samples, dtype=np.int32)
+        out = self._kernel(("iw", n_samples), build)(self.params, self._global(images),
+                                                     self._global(np.asarray(rows.images, np.int32)), samples)
+        return tuple(np.asarray(D.to_host(t), np.float64) for t in out)
 
     def sample(self, indices, temperatures, counter):
         n = len(indices)

@@ -55,3 +55,10 @@ def barrier():
 def inference(config, dist, params, log=print):
     from efficient_vdvae_torch.inference import TorchInference
     return TorchInference(config, dist, params, log)
+
+
+def sample_quality_scorer():
+    """fn(real folder, generated folder, inception file) -> report of FID, IS and precision/recall."""
+    from efficient_vdvae_torch.sample_quality import evaluate_folders
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return lambda real, fake, inception: evaluate_folders(real, fake, inception, device=device)

@@ -7,10 +7,12 @@ import numpy as np
 import torch
 
 from efficient_vdvae_core.architecture import build_architecture
-from efficient_vdvae_core.randomness import DECODING, DIV_STATS, ENCODING, EVALUATION, GENERATION, PRIOR_STREAM
+from efficient_vdvae_core.randomness import (DECODING, DIV_STATS, ENCODING, EVALUATION, GENERATION, IW_NLL,
+                                             PRIOR_STREAM)
 from efficient_vdvae_torch.data.loaders import plan_loader
 from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, nhwc, output_noise, output_samples
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
+from efficient_vdvae_torch.model.likelihood import importance_terms
 from efficient_vdvae_torch.model.losses import gaussian_kl
 
 
@@ -65,13 +67,23 @@ class TorchInference:
         return [(nhwc(post[0]), nhwc(block.posterior_layer.std(post))) for post, block in zip(posteriors, blocks)]
 
     @torch.no_grad()
-    def decode(self, latents, indices):
+    def decode(self, latents, indices, temperatures=None, purpose=DECODING, counter=0):
         given = [None if entry is None else (nchw(entry[0], self.device), torch.as_tensor(entry[1], device=self.device))
                  for entry in latents]
-        noise = image_noise(self.config, self.arch, DECODING, 0, indices, self.device, stream=PRIOR_STREAM)
-        logits, _ = self.model.sample(len(indices), [1.0] * self.arch.n_latent_layers, given, noise=noise)
+        noise = image_noise(self.config, self.arch, purpose, counter, indices, self.device, stream=PRIOR_STREAM)
+        temperatures = [1.0] * self.arch.n_latent_layers if temperatures is None else list(temperatures)
+        logits, _ = self.model.sample(len(indices), temperatures, given, noise=noise)
         return nhwc(output_samples(logits.float(), self.config,
-                                   noise=output_noise(self.config, DECODING, 0, indices, self.device)))
+                                   noise=output_noise(self.config, purpose, counter, indices, self.device)))
+
+    @torch.no_grad()
+    def iw_terms(self, images, rows, first_sample, n_samples):
+        """Importance-sampling terms (NumPy, sample-major) of samples first_sample.. of every image."""
+        noise = [image_noise(self.config, self.arch, IW_NLL, s, rows.images, self.device)
+                 for s in range(first_sample, first_sample + n_samples)]
+        noise = [torch.stack(layer) for layer in zip(*noise)]  # per layer (k, B, V, H, W)
+        terms = importance_terms(self.model, images, noise, self.config)
+        return tuple(t.cpu().numpy() for t in terms)
 
     @torch.no_grad()
     def sample(self, indices, temperatures, counter):

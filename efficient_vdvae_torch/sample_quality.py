@@ -23,7 +23,7 @@ from efficient_vdvae_core import sample_quality as metrics
 from efficient_vdvae_core.cli import build_tool_parser, run_main
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import atomic_write_text
-from efficient_vdvae_core.synthesis import progress
+from efficient_vdvae_core.synthesis.common import progress
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/{INCEPTION_FILE}"

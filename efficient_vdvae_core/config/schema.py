@@ -14,7 +14,8 @@ REQUIRED = object()
 OPTIMIZERS = {"adamax": "Adamax", "adam": "Adam", "radam": "RAdam"}
 LR_SCHEMES = ("constant", "cosine", "exponential", "noam")
 VARIATION_SCHEDULES = ("None", "Logistic", "Linear")
-SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding", "decoding")
+SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding", "decoding", "iw_nll", "interpolation",
+                   "conditional", "sample_quality")
 DISTRIBUTION_BASES = ("std", "logstd")
 SEED_MAX = 2 ** 31 - 1  # torch.manual_seed, numpy SeedSequence and jax.random.key all take 0..2**31 - 1
 MAX_WRITE_RETRIES = 16  # the last wait is 2**16 s (18 h); more would only postpone the error
@@ -178,6 +179,23 @@ class SynthesisConfig:
     temperature_settings: tuple = field("temperatures")
     output_temperature: float = field("float", low=0, low_open=True)
     batch_size: int = field("int", low=1)
+    iw_samples: int = field("int", 100, low=1, high=10 ** 6,
+                            doc="iw_nll: posterior samples K per image of the importance-weighted bound")
+    iw_batch: int = field("int", 10, low=1, high=10 ** 6,
+                          doc="iw_nll: samples per model pass (a pass holds batch_size x iw_batch images)")
+    interpolation_pairs: int = field("int", 4, low=1, high=10 ** 6,
+                                     doc="interpolation: pairs of test images (images 2i and 2i + 1)")
+    interpolation_points: int = field("int", 8, low=2, high=1000,
+                                      doc="interpolation: images per strip, both end points included")
+    keep_top_layers: tuple = field("int_list", (0, 1, 2), low=0,
+                                   doc="conditional: the numbers k of top latent layers taken from an image's "
+                                       "posterior (the rest are sampled from the prior)")
+    conditional_samples: int = field("int", 4, low=1, high=1000, doc="conditional: samples per image and k")
+    quality_samples: int = field("int", 1000, low=2, high=10 ** 7,
+                                 doc="sample_quality: generated images, compared with as many test images")
+    inception_path: str = field("str", "~/.cache/efficient_vdvae/inception-2015-12-05.pt",
+                                doc="sample_quality: the TorchScript Inception network of StyleGAN2-ADA's metrics "
+                                    "(a local file; nothing is downloaded)")
 
 
 @dataclass(frozen=True)

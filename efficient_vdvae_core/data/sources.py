@@ -52,11 +52,23 @@ def open_part(data_cfg, part):
     if source == "embedded_rgb":
         return embedded.rgb_part(part, data_cfg.target_res, data_cfg.channels)
     folder = _data_folder(data_cfg, part)
-    if source == "imagenet":
+    if source == "imagenet" and imagenet_release(data_cfg, part) == "box":
         store = _imagenet_store(data_cfg, folder, part)
     else:
         store = _folder_store(data_cfg, folder, part)
     return store, np.arange(len(store))
+
+
+IMAGENET_RELEASES = {
+    "box": "the box-resized release of Chrabaszcz et al. 2017 (.npz batches), as the original code uses",
+    "oord": "the benchmark release of van den Oord et al. 2016 (PNG files), as most published ImageNet NLLs use"}
+
+
+def imagenet_release(data_cfg, part):
+    """'oord' when the imagenet folder of `part` holds PNG files (the 2016 benchmark release), else 'box'."""
+    folder = _data_folder(data_cfg, part)
+    files = _listing(folder, PATH_KEYS[part])
+    return "oord" if files and all(f.lower().endswith(".png") for f in files) else "box"
 
 
 def _data_folder(data_cfg, part):
@@ -264,7 +276,7 @@ def check_files(data_cfg, part):
     """
     folder = _data_folder(data_cfg, part)
     files = _listing(folder, PATH_KEYS[part])
-    if data_cfg.dataset_source == "imagenet":
+    if data_cfg.dataset_source == "imagenet" and imagenet_release(data_cfg, part) == "box":
         res = data_cfg.target_res
         bad = checks.bad_files(folder, files, f"npz{res}", lambda path, size: npz_problem(path, res))
     else:

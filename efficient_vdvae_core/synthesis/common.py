@@ -94,6 +94,15 @@ def _compact(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def dataset_label(data, part="test"):
+    """What an NLL was computed on, e.g. 'cifar-10 32x32' or 'imagenet 32x32, the benchmark release of ...'."""
+    label = f"{data.dataset_source} {data.target_res}x{data.target_res}"
+    if data.dataset_source == "imagenet":
+        from efficient_vdvae_core.data.sources import IMAGENET_RELEASES, imagenet_release
+        label += ", " + IMAGENET_RELEASES[imagenet_release(data, part)]
+    return label
+
+
 def open_split(config, split, max_images=None, **kwargs):
     """The split of the run's dataset, limited to its first `max_images` images (--max-images)."""
     from efficient_vdvae_core.data import make_dataset

@@ -56,7 +56,8 @@ def run_reconstruction(ctx):
 def write_report(ctx, metrics, units, masks, folder, written, targets):
     """Print the reconstruction summary and write it as JSON beside the images."""
     cfg, syn, loaded = ctx.config, ctx.config.synthesis, ctx.loaded
-    report = {"mode": "reconstruction", "split": "test", "n_images": metrics["n_examples"], "units": units,
+    report = {"mode": "reconstruction", "split": "test", "dataset": common.dataset_label(cfg.data),
+              "n_images": metrics["n_examples"], "units": units,
               "nelbo": metrics["nelbo"], "reconstruction_loss": metrics["reconstruction_loss"],
               "kl_div": metrics["kl_div"], "ssim": metrics["ssim"],
               "kl_per_layer_bits_per_latent": metrics["kl_per_layer_bits"],
@@ -71,7 +72,8 @@ def write_report(ctx, metrics, units, masks, folder, written, targets):
     log = ctx.log
     log("=" * 80)
     what = "Masked reconstruction" if masks is not None else "Reconstruction"
-    log(f"{what} of {report['n_images']} test images ({loaded.weights} weights, checkpoint step {loaded.step})")
+    log(f"{what} of {report['n_images']} test images of {report['dataset']} ({loaded.weights} weights, checkpoint "
+        f"step {loaded.step})")
     if masks is not None:
         log(f"Kept {report['masked']['kept_variates']} of {report['masked']['total_variates']} variates "
             f"(quantile {syn.variate_masks_quantile})")

@@ -7,11 +7,10 @@ the end): every check below runs before the run's config is saved.
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 from efficient_vdvae_core.checkpoints import CheckpointFolder
 from efficient_vdvae_core.config import load_config
-from efficient_vdvae_core.data import make_dataset
+from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
 from efficient_vdvae_core.training.loop import run_training
@@ -24,7 +23,7 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     The batch must split over the replicas; the train and validation splits must open (a missing or
     empty folder, a file that is not an image, too few images: one line naming the key and the path;
     the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
-    folder is checked here); for a run without checkpoints, `init_checkpoint` must fit the model.
+    files' headers are checked here); for a run without checkpoints, `init_checkpoint` must fit the model.
     """
     framework.check_options(config)
     if config.train.batch_size % dist.n_shards:
@@ -32,10 +31,7 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
                         f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")
     data = config.data
     if data.dataset_source == "imagenet" and not data.decoded_cache:
-        folder = Path(os.path.expanduser(data.train_data_path)).absolute()
-        if not folder.is_dir():
-            raise UserError(f"[data] train_data_path = '{data.train_data_path}': folder {folder} not found; "
-                            "prepare the dataset (data_scripts/) or fix the path")
+        check_files(data, "train")  # the .npz batches are loaded into memory when the split is opened
     else:
         train = make_dataset(data, "train", seed=config.run.seed)
         if len(train) < config.train.batch_size:
