@@ -46,8 +46,10 @@ def build_synthesis_parser(description, checkpoint_help):
                         help="decoding: the encodings folder (default: logs-<name>/latents/encodings_seed_<seed>)")
     parser.add_argument("--sample-temperature", metavar="T", type=float, default=0.0,
                         help="decoding: z = mean + T * std * eps for the kept variates (default 0: posterior means)")
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="decoding: accept encodings written by another model (config or weights differ)")
     parser.add_argument("--max-images", metavar="N", type=int, default=None,
-                        help="reconstruction, div_stats, encoding, decoding: only the first N images")
+                        help="every mode but generation and sample_quality: only the first N images")
     return parser
 
 

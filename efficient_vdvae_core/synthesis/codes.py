@@ -10,7 +10,8 @@ posterior-mean reconstruction.
 """
 import numpy as np
 
-from efficient_vdvae_core.encodings import EncodingsError, EncodingWriter, kept_layer_specs, read_encodings, safe_file_stems
+from efficient_vdvae_core.encodings import (EncodingsError, EncodingWriter, check_same_model, kept_layer_specs,
+                                            read_encodings, safe_file_stems)
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.evaluation import EvalPlan
 from efficient_vdvae_core.images import save_png
@@ -52,7 +53,7 @@ def run_encoding(ctx):
     ctx.log(f"Encoding {len(dataset)} images of the {options.split} split into {folder}")
     kept = {s.layer: list(s.kept_variates) for s in specs}
     with EncodingWriter(folder, specs, len(dataset), [b.latent_variates for b in arch.latent_layers],
-                        metadata) as writer:
+                        metadata, fingerprint=ctx.loaded.fingerprint) as writer:
         for rows, batch in common.progress(zip(plan, ctx.backend.eval_batches(dataset, plan)), len(plan), "encoding",
                                            ctx.dist.is_main):
             stats = ctx.backend.posterior_means(batch, rows, masks)
@@ -114,6 +115,7 @@ def run_decoding(ctx):
     folder = options.encodings or encodings_folder(ctx.paths, cfg.run.seed)
     encodings = read_encodings(folder)
     check_encodings_fit(encodings, arch)
+    check_same_model(encodings.metadata, ctx.loaded.fingerprint, options.allow_other_model, folder)
     n = len(encodings) if options.max_images is None else min(options.max_images, len(encodings))
     t = options.sample_temperature
     how = "posterior means" if t == 0 else f"posterior samples at temperature {t}"

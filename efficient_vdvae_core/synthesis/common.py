@@ -54,6 +54,7 @@ class Loaded:
     checkpoint: Path
     step: int  # training iterations completed when the checkpoint was written
     weights: str  # 'ema' or 'raw'
+    fingerprint: dict  # efficient_vdvae_core.encodings.model_fingerprint of the config and these weights
 
 
 @dataclass(frozen=True)

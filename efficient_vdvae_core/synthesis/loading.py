@@ -9,6 +9,7 @@ from pathlib import Path
 
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, CheckpointFolder, original_candidates
+from efficient_vdvae_core.encodings import model_fingerprint
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.synthesis.common import Loaded
 from efficient_vdvae_core.weights import WeightsError, check_fits, model_config
@@ -54,5 +55,5 @@ def load_weights(run_config, paths, framework, checkpoint=None, log=print):
     kind = "ema" if use_ema else "raw"
     log(f"{'EMA' if use_ema else 'Raw'} weights loaded from {weights.source} (step {weights.step})")
     loaded = Loaded(config=config, arch=build_architecture(config.model, config.data), checkpoint=weights.source,
-                    step=weights.step, weights=kind)
+                    step=weights.step, weights=kind, fingerprint=model_fingerprint(config, params))
     return loaded, params
