@@ -8,8 +8,8 @@
 
 Written by `python -m efficient_vdvae_jax.convert --to jax`, read by both frameworks and by `numpy.load`.
 """
+import io
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.params import flatten_tree, parse_part, unflatten_tree
+from efficient_vdvae_core.runs import atomic_write_bytes
 
 
 class JaxCheckpoint(NamedTuple):
@@ -27,7 +28,7 @@ class JaxCheckpoint(NamedTuple):
 
 
 def save_jax_params(path, params, ema, step, config):
-    """Write params (and EMA) as the `.npz` format of this module, via a temp file + rename.
+    """Write params (and EMA) as the `.npz` format of this module, atomically (a temporary file, then a rename).
 
     `config`: a Config, its `to_dict()`, or None.
     """
@@ -39,15 +40,10 @@ def save_jax_params(path, params, ema, step, config):
     arrays["step"] = np.asarray(int(step), np.int64)
     if config is not None:
         arrays["config_json"] = np.asarray(json.dumps(config if isinstance(config, dict) else config.to_dict()))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def load_jax_params(path):

@@ -198,8 +198,14 @@ def parse_original_jax(state, source, num_mixtures=None):
     params = ours(state["params"], "params")
     ema = None if state.get("ema_params") is None else ours(state["ema_params"], "ema_params")
     adam = state["opt_state"].get("0")
-    if not isinstance(adam, dict) or not {"count", "mu", "nu"} <= set(adam):
+    if not isinstance(adam, dict) or "count" not in adam:
         raise OriginalCheckpointError(f"{source}: opt_state has no Adamax state {{count, mu, nu}} at '0'")
+    if not {"mu", "nu"} <= set(adam):  # weights without the moments: readable, resumed from zero moments
+        with _malformed(source, "step"):
+            step = int(np.asarray(state["step"]))
+        return OriginalCheckpoint(params=params, ema=ema, exp_avg=None, exp_inf=None, iteration_step=step,
+                                  optimizer_count=0, ema_decay=None, adamax_settings=None, framework="jax",
+                                  source=source)
     exp_avg, exp_inf = ours(adam["mu"], "opt_state mu"), ours(adam["nu"], "opt_state nu")
     for what, moments in (("mu", exp_avg), ("nu", exp_inf)):
         wrong = [n for n in params if n not in moments or moments[n].shape != params[n].shape]

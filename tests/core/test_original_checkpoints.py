@@ -59,6 +59,8 @@ def test_bad_original_files_are_refused_with_the_file_named():
         parse_original_jax({"step": 1, "params": {}}, "ckpt")
     tree = {"top_down": {"trainable_h": np.zeros((1, 2, 2, 4), np.float32)}}
     with pytest.raises(OriginalCheckpointError, match="no Adamax state"):
-        parse_original_jax({"step": 1, "params": tree, "opt_state": {"0": {"count": 1}}}, "ckpt")
+        parse_original_jax({"step": 1, "params": tree, "opt_state": {"1": {"count": 1}}}, "ckpt")
+    weights_only = parse_original_jax({"step": 1, "params": tree, "opt_state": {"0": {"count": 1}}}, "ckpt")
+    assert weights_only.exp_avg is None and weights_only.optimizer_count == 0 and weights_only.iteration_step == 1
     with pytest.raises(OriginalCheckpointError, match="unknown parameter path"):
         parse_original_jax({"step": 1, "params": {"x": np.zeros(1)}, "opt_state": {}}, "ckpt")

@@ -15,7 +15,6 @@ from efficient_vdvae_jax import convert
 from efficient_vdvae_jax.model.losses import mol_nll
 from efficient_vdvae_jax.summary import abstract_params
 from efficient_vdvae_torch.model.autoencoder import build_model as build_torch_model
-from efficient_vdvae_torch.utils.checkpoint import load_model_state
 from tests.conftest import EGS, REFERENCE, egs_config
 
 
@@ -69,7 +68,8 @@ def test_npz_checkpoint_round_trip(tmp_path):
 
 
 def test_cli_torch_to_jax_to_torch(tmp_path, capsys):
-    from efficient_vdvae_torch.inference.loading import checkpoint_config
+    from efficient_vdvae_core.weights import model_config
+    from efficient_vdvae_torch.utils.checkpoint import read_weights
     config = egs_config("tiny")
     model, ema = torch_state(config, 0), torch_state(config, 1)
     torch.save({"step": 500, "model_state_dict": {k: torch.from_numpy(v) for k, v in model.items()},
@@ -85,9 +85,9 @@ def test_cli_torch_to_jax_to_torch(tmp_path, capsys):
     assert back["step"] == 500 and back["config"] == config.to_dict()
     assert_same_state_dict({k: v.numpy() for k, v in back["model_state_dict"].items()}, model)
     assert_same_state_dict({k: v.numpy() for k, v in back["ema_model_state_dict"].items()}, ema)
-    rebuilt = checkpoint_config(back, config, tmp_path / "back.pt")  # the torch loader reads the stored config
+    rebuilt = model_config(read_weights(tmp_path / "back.pt"), config)  # the loaders read the stored config
     target = build_torch_model(rebuilt)
-    load_model_state(target, back["ema_model_state_dict"], tmp_path / "back.pt")  # strict
+    target.load_state_dict(back["ema_model_state_dict"], strict=True)
 
 
 def test_cli_original_torch_file_needs_config_for_checks(tmp_path):
@@ -184,18 +184,42 @@ def test_cli_reads_an_original_jax_msgpack_checkpoint(tmp_path):
 
 def test_cli_reads_an_orbax_checkpoint_folder(tmp_path):
     """A checkpoint_<step>/ Orbax folder (our JAX runs) converts to a torch file with the same weights."""
-    from efficient_vdvae_jax.utils.checkpoint import CheckpointStore
+    from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointFolder
+    from efficient_vdvae_jax.utils.checkpoint import OrbaxCodec
     from efficient_vdvae_jax.utils.optim import build_direction
     from efficient_vdvae_jax.utils.state import init_state
     config = egs_config("tiny")
     model = torch_state(config, 0)
     params = jax.tree.map(jax.numpy.asarray, torch_state_dict_to_jax(model))
-    store = CheckpointStore(tmp_path / "checkpoints-tiny", keep=2)
-    folder = store.save(7, init_state(params, build_direction(config.optimizer)),
-                        {"step": 7, "skips": 0, "consecutive_skips": 0, "config": config.to_dict()})
-    store.close()
+    folder = CheckpointFolder(tmp_path / "checkpoints-tiny", OrbaxCodec()).save(
+        7, Checkpoint(meta={"step": 7, "skips": 0, "consecutive_skips": 0, "config": config.to_dict()},
+                      state=init_state(params, build_direction(config.optimizer))), keep=2)
     run_cli("--to", "torch", folder, tmp_path / "out.pt")
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["step"] == 7 and out["config"] == config.to_dict()
     assert_same_state_dict({k: v.numpy() for k, v in out["model_state_dict"].items()}, model)
     assert_same_state_dict({k: v.numpy() for k, v in out["ema_model_state_dict"].items()}, model)
+
+
+def test_cli_refuses_outputs_that_could_destroy_a_checkpoint(tmp_path, capsys):
+    """The input itself, a file in a run's checkpoint folder, a wrong suffix, a missing folder: one line, nothing written."""
+    config = egs_config("tiny")
+    folder = tmp_path / "checkpoints-tiny"
+    folder.mkdir()
+    source = folder / "checkpoint_3.pt"
+    torch.save({"model_state_dict": {k: torch.from_numpy(v) for k, v in torch_state(config).items()}, "step": 3,
+                "format_version": 1, "config": config.to_dict()}, source)
+    before = source.read_bytes()
+    cases = [(["--to", "torch", source, source], "is the INPUT"),
+             (["--to", "torch", source, folder / "checkpoint_4.pt"], "inside a run's checkpoint folder"),
+             (["--to", "jax", source, tmp_path / "w.pt"], "--to jax writes a .npz file; name it w.npz"),
+             (["--to", "torch", source, tmp_path / "w.npz"], "--to torch writes a .pt file"),
+             (["--to", "jax", source, tmp_path / "missing" / "w.npz"], "does not exist")]
+    for argv, needle in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            run_cli(*argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and needle in err[0], (needle, err)
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints-tiny"]
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint_3.pt"]
