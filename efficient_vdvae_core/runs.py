@@ -119,6 +119,8 @@ class RunLock:
     `<pid>@<host>`, only names the holder in the refusal message. A clean release deletes the file, and
     the logs folder too when acquiring created it and it is still empty, so a run refused before writing
     anything leaves nothing behind. Works where flock works (local disks, NFSv4); Linux and macOS.
+    A forked child (e.g. a DataLoader worker) closes its copy of the descriptor at once, so the lock
+    dies with the process that took it, not with its last child.
 
         with RunLock(paths.logs):
             ...  # only one process trains this run here
@@ -162,6 +164,7 @@ class RunLock:
                          "of this run in this folder")
             if _same_file(fd, self.path):
                 self.fd = fd
+                _HELD_LOCKS.add(fd)
                 break
             os.close(fd)  # released and deleted by its holder between our open and flock: lock the new file
         else:
@@ -185,6 +188,7 @@ class RunLock:
                 except OSError:
                     pass  # not empty: the run wrote something
         finally:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -193,6 +197,23 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+_HELD_LOCKS = set()  # descriptors of the RunLocks this process holds
+
+
+def _close_held_locks_in_child():
+    """After a fork, in the child: close the inherited lock descriptors (the parent keeps the lock)."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
 def _read_holder(fd):

@@ -125,3 +125,27 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
         assert lock.path.read_text().startswith(f"{os.getpid()}@")
     assert lines == [f"warning: {tmp_path / 'logs-run' / '.lock'}: cannot lock it (No locks available); nothing "
                      "stops a second training of this run in this folder"]
+
+
+def test_the_lock_dies_with_its_holder_not_with_its_forked_children(tmp_path):
+    """A holder whose forked child (like a DataLoader worker) lives on: SIGKILL the holder, the lock is free at once."""
+    folder = tmp_path / "logs-run"
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from efficient_vdvae_core.runs import RunLock
+        lock = RunLock({str(folder)!r}).acquire()
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        print("held", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        with RunLock(folder) as lock:  # the child still runs, but holds no copy of the lock
+            assert lock.fd is not None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
