@@ -78,32 +78,39 @@ class EventWriter:
 class RunLogger:
     """Writes `logs-<name>/train` and `/val` TensorBoard events and `logs-<name>/metrics.jsonl`.
 
-    With `enabled=False` (ranks / processes other than 0) every call does nothing and nothing is opened.
+    With `enabled=False` (ranks / processes other than 0) every call does nothing and nothing is opened;
+    otherwise each file is opened when first written, so an invocation that logs nothing leaves no file.
     """
 
     def __init__(self, paths, enabled=True):
         self.enabled = enabled
-        self.writers, self.jsonl = {}, None
-        if enabled:
-            self.writers = {"train": EventWriter(paths.train_events), "val": EventWriter(paths.val_events)}
-            self.jsonl = open(paths.logs / "metrics.jsonl", "a", encoding="utf-8")
+        self.paths = paths
+        self.writers, self.jsonl = {}, None  # opened on first use: no empty event files
+
+    def _writer(self, split):
+        if split not in self.writers:
+            folder = {"train": self.paths.train_events, "val": self.paths.val_events}[split]
+            self.writers[split] = EventWriter(folder)
+        return self.writers[split]
 
     def scalars(self, split, step, metrics):
         """Log a dict of tag -> float under `split` and append one JSON line."""
         if not self.enabled:
             return
         for tag, value in metrics.items():
-            self.writers[split].scalar(tag, value, step)
+            self._writer(split).scalar(tag, value, step)
+        if self.jsonl is None:
+            self.jsonl = open(self.paths.logs / "metrics.jsonl", "a", encoding="utf-8")
         self.jsonl.write(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
         self.jsonl.flush()
 
     def histogram(self, split, step, tag, values, bins):
         if self.enabled:
-            self.writers[split].histogram(tag, values, step, bins)
+            self._writer(split).histogram(tag, values, step, bins)
 
     def image(self, split, step, tag, image_hwc_uint8):
         if self.enabled:
-            self.writers[split].image(tag, image_hwc_uint8, step)
+            self._writer(split).image(tag, image_hwc_uint8, step)
 
     def flush(self):
         for w in self.writers.values():

@@ -14,6 +14,7 @@ from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
 from efficient_vdvae_core.training.loop import run_training
+from efficient_vdvae_core.training.preemption import StopRun
 from efficient_vdvae_core.weights import check_fits
 
 
@@ -76,11 +77,16 @@ def train_main(args, framework):
                                                    log=lambda *a, **k: None)
             if main:
                 print(f"Running on {dist.description}")
-            run_training(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
+            code = 0
+            try:
+                run_training(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
+            except StopRun as stop:  # SIGTERM or Ctrl-C: checkpoint written, lock released below
+                code = stop.code
     finally:
         framework.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
     if dist.n_processes > 1:
-        # gloo can abort in its destructors at interpreter exit once the work is done: leave directly.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)  # gloo can abort in its destructors at interpreter exit once the work is done
+    if code:
+        raise SystemExit(code)

@@ -31,6 +31,7 @@ from efficient_vdvae_core.schedules import step_values
 from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_core.training import tags
 from efficient_vdvae_core.training.images import grid_images, images_to_uint8
+from efficient_vdvae_core.training.preemption import StopRequests, StopRun, signal_name
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -44,7 +45,11 @@ def _silent(*args, **kwargs):
 
 
 def run_training(config, paths, framework, dist, *, log=print, init_checkpoint=None, progress=True):
-    """Train the run until [train] total_train_steps; returns the finished TrainingRun."""
+    """Train the run until [train] total_train_steps; returns the finished TrainingRun.
+
+    SIGTERM or a first Ctrl-C stop it cleanly at a step boundary with a checkpoint (StopRun, see
+    efficient_vdvae_core.training.preemption).
+    """
     log = log if dist.is_main else _silent
     run = TrainingRun(config, paths, framework, dist, log)
     try:
@@ -54,7 +59,8 @@ def run_training(config, paths, framework, dist, *, log=print, init_checkpoint=N
                 "nothing to do. To train it further, run the same command with --set "
                 f"train.total_train_steps=N (N > {run.step}); --set values apply on top of the run's saved config")
             return run
-        run.train(progress and dist.is_main)
+        with StopRequests() as stops:
+            run.train(progress and dist.is_main, stops)
     except OSError as exc:
         message = disk_error_message(exc, run.folder)
         if message is None:
@@ -74,6 +80,7 @@ class TrainingRun:
         self.backend = framework.trainer(config, dist, log)
         self.folder = CheckpointFolder(paths.checkpoints, self.backend.codec)
         self.step, self.skips, self.consecutive_skips = 0, 0, 0
+        self.saved_step = None  # the step of the newest checkpoint this process wrote or resumed from
         self.logger = None  # opened when training starts: a run with nothing to do writes no event files
         self.binarized = is_binarized(config.data)
         self.n_layers = build_architecture(config.model, config.data).n_latent_layers
@@ -99,7 +106,7 @@ class TrainingRun:
         resume_from_ema = self.config.train.resume_from_ema
         self.backend.load_state(checkpoint, resume_from_ema)
         meta = checkpoint.meta
-        self.step = int(meta["step"])
+        self.step = self.saved_step = int(meta["step"])
         self.skips, self.consecutive_skips = int(meta.get("skips", 0)), int(meta.get("consecutive_skips", 0))
         if resume_from_ema:
             self.log("Resuming from the EMA weights (train.resume_from_ema)")
@@ -123,11 +130,12 @@ class TrainingRun:
                                 on_failure=run.checkpoint_write_failure, retries=run.checkpoint_write_retries,
                                 log=self.log, prune=self.dist.is_main)
         self.backend.barrier()
+        self.saved_step = self.step
         self.log(f"Saved checkpoint {path}")
         return path
 
     # ------------------------------------------------------------------------------------- loop
-    def train(self, progress):
+    def train(self, progress, stops=None):
         cfg = self.config
         total, interval = cfg.train.total_train_steps, cfg.train.checkpoint_and_eval_interval_in_steps
         train_set = make_dataset(cfg.data, "train", seed=cfg.run.seed)
@@ -139,6 +147,7 @@ class TrainingRun:
         t_last = time.perf_counter()
         try:
             for batch in self.backend.train_batches(train_set, self.step):
+                self._stop_if_asked(stops)
                 values = step_values(self.step, cfg)
                 out = self.backend.train_step(batch, values)
                 self._count(out)
@@ -158,6 +167,21 @@ class TrainingRun:
                     break
         finally:
             bar.close()
+
+    def _stop_if_asked(self, stops):
+        """At a step boundary: when any process got SIGTERM or Ctrl-C, checkpoint this step and stop (StopRun)."""
+        if stops is None:
+            return
+        local = np.array([1.0 if stops.requested else 0.0, float(stops.signal or 0)])
+        agreed = self.backend.all_reduce_sum(local) if self.dist.n_processes > 1 else local
+        if agreed[0] == 0:
+            return
+        signum = stops.signal or (int(agreed[1] / agreed[0]) if agreed[0] else None)
+        if self.saved_step != self.step:
+            self.save()
+        self.log(f"Stopped by {signal_name(signum)} after step {self.step} of {self.config.train.total_train_steps}, "
+                 f"checkpoint {self.folder.path(self.step)} written; run the same command to resume")
+        raise StopRun(stops.exit_code(signum))
 
     def _count(self, out):
         self.step += 1

@@ -6,6 +6,7 @@ So the union over ranks equals the one-process batch, any number of workers give
 resuming at a step continues the same stream. Batches are float32 NCHW tensors.
 """
 import os
+import signal
 
 import numpy as np
 import torch
@@ -38,6 +39,12 @@ class TorchImages(Dataset):
         rng = item_rng(self.seed, epoch, index)
         image = torch.from_numpy(np.ascontiguousarray(self.images.load(index, rng).transpose(2, 0, 1)))
         return (image, self.images.name(index)) if self.with_names else image
+
+
+def ignore_stop_signals(worker_id):
+    """A loader worker leaves SIGTERM and Ctrl-C to the main process, which stops cleanly (the workers end with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(items):
@@ -106,7 +113,8 @@ def make_train_loader(cfg, *, rank, world_size, start_step=0, num_workers=None, 
                                 start_step=start_step)
     workers = default_num_workers(cfg) if num_workers is None else num_workers
     loader = DataLoader(TorchImages(images, cfg.run.seed), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=workers, persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
+                        num_workers=workers, persistent_workers=workers > 0, pin_memory=_pin_memory(cfg),
+                        worker_init_fn=ignore_stop_signals)
     return TrainStream(loader, sampler)
 
 
@@ -118,4 +126,5 @@ def plan_loader(cfg, images, plan, *, with_names=False, num_workers=None):
     batches = [[(int(i), 0) for i in rows.images] for rows in plan]
     workers = default_num_workers(cfg) if num_workers is None else num_workers
     return DataLoader(TorchImages(images, cfg.run.seed, with_names), batch_sampler=batches, collate_fn=collate,
-                      num_workers=workers, persistent_workers=False, pin_memory=_pin_memory(cfg))
+                      num_workers=workers, persistent_workers=False, pin_memory=_pin_memory(cfg),
+                      worker_init_fn=ignore_stop_signals)
