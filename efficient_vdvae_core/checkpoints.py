@@ -12,6 +12,7 @@ reads one back. This module owns everything else, the same for both frameworks:
   'retry' first retries `checkpoint_write_retries` times after 2, 4, 8... seconds.
 """
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from efficient_vdvae_core.errors import UserError
 
@@ -61,6 +64,27 @@ class Codec(Protocol):
 
     def owns(self, path: Path) -> bool:
         """True for a numbered entry this codec wrote (only those are pruned)."""
+
+
+CHECKSUM_KEY = "payload_sha256"  # meta key of the checksum of a checkpoint's arrays
+
+
+def payload_checksum(named_arrays):
+    """SHA-256 (hex) of (name, dtype, shape, bytes) of every array, in name order: the checkpoint's payload."""
+    digest = hashlib.sha256()
+    for name, array in sorted(named_arrays, key=lambda item: item[0]):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data if array.size else b"")
+    return digest.hexdigest()
+
+
+def verify_checksum(path, meta, named_arrays):
+    """CheckpointError when the stored checksum of `meta` does not match the arrays read (a checkpoint without one passes)."""
+    stored = meta.get(CHECKSUM_KEY)
+    if stored is not None and payload_checksum(named_arrays) != stored:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch: its arrays changed after it was "
+                              "written, e.g. a flipped bit on disk)")
 
 
 def os_error_reason(exc):

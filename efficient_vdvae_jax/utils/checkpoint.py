@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from efficient_vdvae_core import checkpoint_formats
-from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, as_checkpoint, original_candidates
+from efficient_vdvae_core.checkpoints import (CHECKSUM_KEY, Checkpoint, CheckpointError, as_checkpoint, original_candidates,
+                                              payload_checksum, verify_checksum)
 from efficient_vdvae_core.weights import Weights
 from efficient_vdvae_jax.utils.torch_files import read_torch_file
 
@@ -26,6 +28,15 @@ def _checkpointer():
 def _reason(exc):
     text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return text
+
+
+def named_leaves(tree):
+    """(key path, NumPy array) of every leaf of a state pytree (gathered from the devices)."""
+    def host(leaf):  # replicated state: every process holds the whole array
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return np.asarray(leaf.addressable_data(0))
+        return np.asarray(jax.device_get(leaf))
+    return [(jax.tree_util.keystr(path), host(leaf)) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def abstract_like(tree):
@@ -47,6 +58,7 @@ class OrbaxCodec:
         self.target = target
 
     def write(self, path, checkpoint):
+        checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_leaves(checkpoint.state))
         _checkpointer().save(Path(path).absolute(), args=ocp.args.Composite(
             state=ocp.args.StandardSave(checkpoint.state), meta=ocp.args.JsonSave(checkpoint.meta)))
 
@@ -62,6 +74,7 @@ class OrbaxCodec:
                 state=ocp.args.StandardRestore(self.target), meta=ocp.args.JsonRestore()))
         except Exception as exc:  # a truncated or foreign folder
             raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
+        verify_checksum(path, restored["meta"], named_leaves(restored["state"]))
         return Checkpoint(meta=restored["meta"], state=restored["state"])
 
     def is_temporary(self, name):

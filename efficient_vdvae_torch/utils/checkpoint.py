@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from efficient_vdvae_core import checkpoint_formats
-from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, as_checkpoint, original_candidates
+from efficient_vdvae_core.checkpoints import (CHECKSUM_KEY, Checkpoint, CheckpointError, as_checkpoint, original_candidates,
+                                              payload_checksum, verify_checksum)
 from efficient_vdvae_core.original_checkpoints import file_kind, parse_original_torch, read_original_jax
 from efficient_vdvae_core.runs import fsync_dir
 from efficient_vdvae_core.weights import Weights
@@ -25,6 +26,18 @@ from efficient_vdvae_core.weights import Weights
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict")
 STATE_KEYS = ("model_state_dict", "ema_model_state_dict", "optimizer_state_dict")
 _TEMPORARY = re.compile(r"^\.checkpoint_\d+\.pt\.tmp-\d+$")
+
+
+def named_tensors(tree, prefix=""):
+    """(name, NumPy array) of every tensor of a nested dict/list payload (state dicts, optimizer state)."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree.detach().cpu().numpy()
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from named_tensors(value, f"{prefix}/{key}")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from named_tensors(value, f"{prefix}/{i}")
 
 
 def read_checkpoint(path, map_location="cpu"):
@@ -70,6 +83,7 @@ class TorchCodec:
 
     def write(self, path, checkpoint):
         path = Path(path)
+        checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_tensors(checkpoint.state))
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -92,7 +106,9 @@ class TorchCodec:
         if is_original_format(state):
             return as_checkpoint(parse_original_torch(state, path))
         meta = {k: v for k, v in state.items() if k not in STATE_KEYS}
-        return Checkpoint(meta=meta, state={k: state[k] for k in STATE_KEYS if state.get(k) is not None})
+        payload = {k: state[k] for k in STATE_KEYS if state.get(k) is not None}
+        verify_checksum(path, meta, named_tensors(payload))
+        return Checkpoint(meta=meta, state=payload)
 
     def is_temporary(self, name):
         return bool(_TEMPORARY.match(name))
