@@ -25,6 +25,7 @@ DIV_STATS = 7  # div_stats mode (posterior eps)
 IW_NLL = 8  # importance-weighted NLL (counter = sample number k)
 CONDITIONAL = 9  # partial-latent sampling (counter = sample number)
 INTERPOLATION = 10  # interpolation (prior eps of the variates not fixed)
+TRAIN_EVALUATION = 11  # the evaluation of the last training batch at an evaluation step (counter = step)
 
 # Streams of one image's draw (the last integer): which tensor of the image it fills.
 LATENT_STREAM = 0  # posterior eps (or prior eps of sampling), every latent layer

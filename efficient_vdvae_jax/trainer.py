@@ -15,7 +15,7 @@ from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LAT
 from efficient_vdvae_core.training.backend import StepOutput
 from efficient_vdvae_core.original_checkpoints import check_adamax
 from efficient_vdvae_core.weights import Weights, check_fits
-from efficient_vdvae_core.params import torch_state_dict_to_jax
+from efficient_vdvae_core.params import jax_params_to_torch_state_dict, torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
 from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, prior_sample_fn, seed_key
 from efficient_vdvae_jax.model.autoencoder import build_model
@@ -72,7 +72,7 @@ def make_train_step(graphdef, rest, config, arch, tx, mask):
         direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = apply_update(state["params"], direction, hyper["lr"], mask, l2)
         updated = {"params": params, "opt_state": opt_state, "ema": ema_update(state["ema"], params, decay)}
-        return select(skipped, state, updated), dict(parts, norm=norm, skipped=skipped)
+        return select(skipped, state, updated), dict(parts, norm=norm, skipped=skipped), grads
 
     return step_fn
 
@@ -90,8 +90,9 @@ class JaxTrainer:
         self.codec = OrbaxCodec(abstract_like(self.train_state))
         step_fn = make_train_step(self.graphdef, self.rest, config, self.arch, self.tx, decay_mask(params))
         self._step = jax.jit(step_fn, donate_argnums=0, out_shardings=D.replicated(self.mesh))
-        self._evaluate = evaluate_batch_fn(self.graphdef, self.rest, config, self.arch, EVALUATION)
+        self._evaluate = {}  # purpose -> jitted evaluation
         self._prior = {}
+        self._last_grads = None
 
     # ---------------------------------------------------------------------------- checkpoints
     def state(self):
@@ -131,7 +132,7 @@ class JaxTrainer:
 
     def train_step(self, images, values, noise=None):
         batch = D.global_batch(self.mesh, np.asarray(images, np.float32))
-        self.train_state, out = self._step(self.train_state, batch, traced_values(values), noise)
+        self.train_state, out, self._last_grads = self._step(self.train_state, batch, traced_values(values), noise)
         out = {k: D.to_host(v) for k, v in out.items()}
         return StepOutput(recon_nats_per_dim=float(out["recon"]), kl_nats_per_dim=float(out["kl"]),
                           kl_per_layer_bits=np.asarray(out["kl_layers"], np.float64), grad_norm=float(out["norm"]),
@@ -141,12 +142,21 @@ class JaxTrainer:
     def eval_batches(self, dataset, plan):
         return plan_batches(self.config, dataset, plan)
 
-    def evaluate(self, images, rows, counter, details):
+    def evaluate(self, images, rows, counter, details, purpose=EVALUATION):
+        if purpose not in self._evaluate:
+            self._evaluate[purpose] = evaluate_batch_fn(self.graphdef, self.rest, self.config, self.arch, purpose)
         n = len(rows.images)
         start = self.dist.process_index * n
-        result = self._evaluate(self.train_state["params"], D.global_batch(self.mesh, images),
-                                D.global_batch(self.mesh, np.asarray(rows.images, np.int32)), np.int32(counter))
+        result = self._evaluate[purpose](self.train_state["params"], D.global_batch(self.mesh, images),
+                                         D.global_batch(self.mesh, np.asarray(rows.images, np.int32)), np.int32(counter))
         return eval_output(result, self.config, (start, start + n), images, details)
+
+    def parameters_and_gradients(self):
+        """{torch state_dict name: (weights, gradients of the last step or None)} as NumPy arrays (PyTorch layout)."""
+        weights = jax_params_to_torch_state_dict(jax.tree.map(D.to_host, self.train_state["params"]))
+        grads = (None if self._last_grads is None
+                 else jax_params_to_torch_state_dict(jax.tree.map(D.to_host, self._last_grads)))
+        return {name: (value, None if grads is None else grads[name]) for name, value in weights.items()}
 
     def prior_samples(self, n, counter):
         if n not in self._prior:

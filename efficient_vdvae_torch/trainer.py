@@ -151,13 +151,18 @@ class TorchTrainer:
             yield images.to(self.device, non_blocking=True)
 
     @torch.no_grad()
-    def evaluate(self, images, rows, counter, details):
+    def evaluate(self, images, rows, counter, details, purpose=EVALUATION):
         self.model.eval()
         try:
-            return evaluate_batch(self.model, images, self.config, self.arch, purpose=EVALUATION, counter=counter,
+            return evaluate_batch(self.model, images, self.config, self.arch, purpose=purpose, counter=counter,
                                   indices=rows.images, details=details)
         finally:
             self.model.train()
+
+    def parameters_and_gradients(self):
+        """{state_dict name: (weights, gradients of the last step or None)} as NumPy arrays."""
+        return {name: (p.detach().float().cpu().numpy(), None if p.grad is None else p.grad.float().cpu().numpy())
+                for name, p in self.model.named_parameters()}
 
     @torch.no_grad()
     def prior_samples(self, n, counter):

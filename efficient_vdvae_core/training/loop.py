@@ -24,9 +24,10 @@ from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointFolder, adopt
 from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.errors import UserError
-from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan
+from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan, EvalRows
 from efficient_vdvae_core.images import make_grid, save_png
 from efficient_vdvae_core.metrics import effective_pixels, report_unit_name
+from efficient_vdvae_core.randomness import TRAIN_EVALUATION
 from efficient_vdvae_core.schedules import step_values
 from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_core.training import tags
@@ -81,6 +82,7 @@ class TrainingRun:
         self.folder = CheckpointFolder(paths.checkpoints, self.backend.codec)
         self.step, self.skips, self.consecutive_skips = 0, 0, 0
         self.saved_step = None  # the step of the newest checkpoint this process wrote or resumed from
+        self.last_batch = None  # this process's rows of the last training batch (evaluated at evaluation steps)
         self.logger = None  # opened when training starts: a run with nothing to do writes no event files
         self.binarized = is_binarized(config.data)
         self.n_layers = build_architecture(config.model, config.data).n_latent_layers
@@ -150,6 +152,7 @@ class TrainingRun:
                 self._stop_if_asked(stops)
                 values = step_values(self.step, cfg)
                 out = self.backend.train_step(batch, values)
+                self.last_batch = batch
                 self._count(out)
                 now = time.perf_counter()
                 seconds, t_last = now - t_last, now
@@ -222,23 +225,47 @@ class TrainingRun:
                 first = (out, rows)
         return acc.result(self.backend.all_reduce_sum, cfg.metrics.latent_active_threshold), first
 
+    def evaluate_train_batch(self):
+        """Metrics and details of the last training batch (raw weights, its own noise), for the train writer."""
+        n_local = int(self.last_batch.shape[0])  # this process's rows (NCHW tensor or NHWC array)
+        start = self.dist.process_index * n_local
+        rows = EvalRows(index=0, start=0, images=np.arange(start, start + n_local), valid=np.ones(n_local, bool),
+                        stop=start + n_local)
+        out = self.backend.evaluate(self.last_batch, rows, self.step, details=self.dist.is_main,
+                                    purpose=TRAIN_EVALUATION)
+        acc = EvalAccumulator(self.n_layers, self.binarized, effective_pixels(self.config.data))
+        acc.add(out, rows.valid)
+        return acc.result(self.backend.all_reduce_sum, self.config.metrics.latent_active_threshold), out
+
+    def log_evaluated_batch(self, split, out, n, metrics=None):
+        """TensorBoard of one evaluated batch: scalars (if given), histograms, input and output grids."""
+        if metrics is not None:
+            self.logger.scalars(split, self.step, metrics)
+        for tag, values, bins in tags.evaluation_histograms(out, n):
+            self.logger.histogram(split, self.step, tag, values, bins)
+        targets = images_to_uint8(out.inputs[:n], self.config)
+        recons = images_to_uint8(out.samples[:n], self.config)
+        self.logger.image(split, self.step, tags.ORIGINAL, make_grid(targets))
+        self.logger.image(split, self.step, tags.GENERATED, make_grid(recons))
+        return targets, recons
+
     def evaluate_and_save(self):
         metrics, (first, rows) = self.evaluate()
+        train_metrics, train_out = self.evaluate_train_batch()
         unit = report_unit_name(self.binarized)
         self.log(f"\nValidation step {self.step} | reconstruction {metrics['reconstruction_loss']:.4f} | KL "
                  f"{metrics['kl_div']:.4f} | NELBO {metrics['nelbo']:.6f} {unit} | SSIM {metrics['ssim']:.4f} | "
                  f"active groups {metrics['active_groups']}/{self.n_layers}")
         prior = self.backend.prior_samples(grid_images(), self.step)
+        histograms = tags.parameter_histograms(self.backend.parameters_and_gradients()) if self.dist.is_main else []
         if self.dist.is_main:
             n = min(grid_images(), rows.n_valid)
-            targets = images_to_uint8(first.inputs[:n], self.config)
-            recons = images_to_uint8(first.samples[:n], self.config)
+            targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics))
+            self.log_evaluated_batch("train", train_out, min(grid_images(), len(train_out.ssim)),
+                                     {tags.SSIM: train_metrics["ssim"]})
+            for tag, values, bins in histograms:
+                self.logger.histogram("train", self.step, tag, values, bins)
             prior_u8 = images_to_uint8(prior, self.config)
-            self.logger.scalars("val", self.step, tags.val_scalars(metrics))
-            for tag, values, bins in tags.val_histograms(first, n):
-                self.logger.histogram("val", self.step, tag, values, bins)
-            self.logger.image("val", self.step, tags.ORIGINAL, make_grid(targets))
-            self.logger.image("val", self.step, tags.GENERATED, make_grid(recons))
             self.logger.image("val", self.step, tags.PRIOR_SAMPLES, make_grid(prior_u8))
             rows_ = [targets, recons, prior_u8[:n]]
             grid = make_grid(np.concatenate(rows_), ncols=n)
