@@ -184,3 +184,15 @@ def describe_architecture(arch):
     lines.append(f"latent layers: {arch.n_latent_layers}, top {arch.top_resolution}x{arch.top_resolution}, "
                  f"output: {'MoL' if arch.use_mol else 'Bernoulli'} {arch.output_channels} channels")
     return lines
+
+
+def unused_parameter_prefixes(arch):
+    """state_dict prefixes of parameters that never receive a gradient: the last bottom-up level's pool.
+
+    The top-down pass starts from the learned `trainable_h`, so the output of the last bottom-up level's
+    downsampling (a pool when its stride is > 1) is never read. The parameters stay (the original's
+    checkpoints have them); data-parallel training must be told they get no gradient.
+    """
+    last = len(arch.up_levels) - 1
+    _, down = arch.up_levels[last]
+    return [f"bottom_up.levels_up_downsample.{last}.pool."] if down.stride > 1 else []

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from efficient_vdvae_core.architecture import build_architecture
+from efficient_vdvae_core.architecture import build_architecture, unused_parameter_prefixes
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS, derived_seed
 from efficient_vdvae_core.schedules import is_skipped
 from efficient_vdvae_core.training.backend import StepOutput
@@ -62,9 +62,10 @@ class TorchTrainer:
             self.model.bottom_up.checkpoint_blocks = self.model.top_down.checkpoint_blocks = True
         if config.train.compile:
             self.forward_model = torch.compile(self.model)
-        if dist.n_processes > 1:
+        if dist.n_processes > 1:  # parameters without gradients (static, from the architecture) must be declared
             self.forward_model = DistributedDataParallel(
-                self.forward_model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.forward_model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(unused_parameter_prefixes(self.arch)))
         self._eval_loaders = {}
 
     # ---------------------------------------------------------------------------- checkpoints
