@@ -231,7 +231,7 @@ class TrainingRun:
         start = self.dist.process_index * n_local
         rows = EvalRows(index=0, start=0, images=np.arange(start, start + n_local), valid=np.ones(n_local, bool),
                         stop=start + n_local)
-        out = self.backend.evaluate(self.last_batch, rows, self.step, details=self.dist.is_main,
+        out = self.backend.evaluate(self.last_batch, rows, self.step, details=True,  # the same on every process
                                     purpose=TRAIN_EVALUATION)
         acc = EvalAccumulator(self.n_layers, self.binarized, effective_pixels(self.config.data))
         acc.add(out, rows.valid)

@@ -5,9 +5,9 @@ are sharded along their first axis (`batch_sharding`), parameters and optimizer 
 (`replicated`). XLA inserts the gradient all-reduce. With several hosts each process loads its own
 contiguous block of every global batch and `global_batch` assembles the global array.
 
-Multi-host (untested here): set JAX_COORDINATOR_ADDRESS=host0:port, JAX_NUM_PROCESSES and
-JAX_PROCESS_ID on every host (or run under SLURM / Open MPI, which JAX detects), then start
-`python train.py` once per host; `init_distributed` calls `jax.distributed.initialize()`.
+Multi-process: set JAX_COORDINATOR_ADDRESS=host0:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID for every
+process (or run under SLURM / Open MPI, which JAX detects), then start `python train.py` once per
+process; `init_distributed` calls `jax.distributed.initialize()`.
 """
 import os
 
@@ -27,8 +27,14 @@ def _wants_multihost():
 
 
 def init_distributed():
-    """Join the multi-host job when the environment describes one (idempotent); returns the process count."""
+    """Join the multi-host job when the environment describes one (idempotent); returns the process count.
+
+    On CPU the processes' collectives go through gloo (XLA's CPU collectives), so a job of several CPU
+    processes (e.g. a test on one machine) runs the same programs as GPU processes over NCCL.
+    """
     if _wants_multihost() and not jax.distributed.is_initialized():
+        if os.environ.get("JAX_PLATFORMS", "").split(",")[0] in ("", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         kwargs = {}
         if os.environ.get("JAX_NUM_PROCESSES"):
             kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
