@@ -89,6 +89,23 @@ def read_orbax_state(folder):
     return checkpoint.state, checkpoint.meta
 
 
+def read_orbax_weights(folder):
+    """({'params', 'ema'} on the first device, meta) of one of our Orbax folders; the optimizer state is not read."""
+    from efficient_vdvae_core.weights import stored_config
+    from efficient_vdvae_jax.model.autoencoder import build_model
+    from efficient_vdvae_jax.utils.state import split_model
+    meta = read_meta(folder)
+    shapes = jax.eval_shape(lambda: split_model(build_model(stored_config(meta["config"], folder)))[1])
+    target = on_device({"params": shapes, "ema": shapes}, jax.devices()[0])
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    try:
+        state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        restored = _checkpointer().restore(Path(folder).absolute(), args=ocp.args.Composite(state=state))
+    except Exception as exc:  # a truncated or foreign folder
+        raise CheckpointError(f"{folder}: unreadable checkpoint ({_reason(exc)})") from None
+    return restored["state"], meta
+
+
 def _is_npz(path):
     """True for a NumPy .npz archive (a zip of .npy members; a PyTorch file is a zip of pickles)."""
     if not zipfile.is_zipfile(path):
@@ -104,7 +121,7 @@ def read_weights(path):
     from efficient_vdvae_core.npz_weights import load_jax_params
     path = Path(path)
     if path.is_dir():
-        state, meta = read_orbax_state(path)
+        state, meta = read_orbax_weights(path)
         to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(lambda x: jax.device_get(x), tree)))
         return Weights(params=to_torch(state["params"]), ema=to_torch(state["ema"]), step=int(meta["step"]),
                        config_dict=meta["config"], source=path, kind="jax")
