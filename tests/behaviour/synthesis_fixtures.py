@@ -4,12 +4,14 @@ them, the backends' kernels run by hand beside, all results kept for the tests t
 Both frameworks train the same tiny configs with the same settings (RUN_SETS: 4 steps, batches of 4).
 PyTorch jobs run in the test process; the JAX jobs of one run go to one subprocess
 (`tests.behaviour.synthesis_worker`), with forced CPU devices and the session's persistent compilation
-cache, so that the programs compiled for training are reused by synthesis and by later sessions' processes.
+cache (basetemp/jax_compilation_cache), so that each program compiled once in a session (for training, or
+by an earlier synthesis) is loaded, not compiled again, by every later JAX process of the session.
 """
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,7 @@ RUN_SETS = [f"train.total_train_steps={STEPS}", f"train.checkpoint_and_eval_inte
 KEEP_ALL = "synthesis.variate_masks_quantile=1.0"
 PRUNE = "synthesis.variate_masks_quantile=0.25"
 TEMPERATURES = "[1, 0.7, ('linear', 0.5, 1.0), [0.2, 0.4, 0.6, 0.8, 1.0]]"
+BINARIZED_TEMPERATURES = "[1., ('linear', 0.5, 1.0)]"
 CHECKPOINT_NAME = {"torch": f"checkpoint_{STEPS}.pt", "jax": f"checkpoint_{STEPS}"}
 
 
@@ -54,8 +57,9 @@ def synth(framework, workdir, mode, *sets, config="tiny", extra=()):
 
 
 def kernel(framework, name, **kwargs):
+    """A job running synthesis_kernels_<framework>.<name>(**kwargs) (paths passed as str)."""
     return {"do": "kernel", "framework": framework, "name": name,
-            "kwargs": {k: str(v) if hasattr(v, "resolve") else v for k, v in kwargs.items()}}
+            "kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}}
 
 
 def run(framework, jobs, folder, cache_dir):
@@ -152,8 +156,15 @@ class SynthesisRuns:
         self.done = {}
 
     def _once(self, key, make):
+        """make() the first time; a failure is reported again, not retried, by every later test that needs it."""
         if key not in self.done:
-            self.done[key] = make()
+            try:
+                self.done[key] = make()
+            except Exception as exc:
+                self.done[key] = exc
+                raise
+        if isinstance(self.done[key], Exception):
+            pytest.fail(f"the runs {key} failed in an earlier test: {str(self.done[key])[-2000:]}")
         return self.done[key]
 
     def rgb(self, fw):
@@ -184,11 +195,11 @@ class SynthesisRuns:
         def make():
             tmp = self.factory.mktemp(f"{fw}_binarized")
             work = tmp / "work"
-            jobs = [("train", {"do": "train", "framework": fw, "args": cli_args(work, *RUN_SETS,
-                                                                                  config="tiny_binarized")}),
-                    ("recon", synth(fw, work, "reconstruction", config="tiny_binarized", extra=["--max-images", 5])),
-                    ("generation", synth(fw, work, "generation", "synthesis.temperature_settings=[1., ('linear', 0.5, 1.0)]",
-                                         config="tiny_binarized"))]
+            config = "tiny_binarized"
+            jobs = [("train", {"do": "train", "framework": fw, "args": cli_args(work, *RUN_SETS, config=config)}),
+                    ("recon", synth(fw, work, "reconstruction", config=config, extra=["--max-images", 5])),
+                    ("generation", synth(fw, work, "generation",
+                                         f"synthesis.temperature_settings={BINARIZED_TEMPERATURES}", config=config))]
             return work, run(fw, jobs, tmp / "worker", self.cache)
         return self._once(("binarized", fw), make)
 

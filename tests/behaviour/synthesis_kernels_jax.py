@@ -29,10 +29,12 @@ def ema_params(paths, checkpoint=None):
 
 
 def jax_tree(params):
+    """JAX parameter tree (device arrays) of PyTorch-layout NumPy weights."""
     return jax.tree.map(jnp.asarray, torch_state_dict_to_jax(params))
 
 
 def inference(config, params):
+    """The framework's inference backend (what synthesize.py runs) over `params`."""
     return backend.inference(config, backend.init_distributed(config), params, log=quiet)
 
 

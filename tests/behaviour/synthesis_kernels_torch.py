@@ -15,7 +15,8 @@ from efficient_vdvae_core.synthesis.codes import DATASET_SPLIT, decoding_latents
 from efficient_vdvae_core.synthesis.common import open_split
 from efficient_vdvae_core.training.images import images_to_uint8
 from efficient_vdvae_torch import backend
-from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, latent_shapes, nhwc, output_noise, output_samples
+from efficient_vdvae_torch.evaluation import (evaluate_batch, image_noise, latent_shapes, nhwc, output_noise,
+                                              output_samples)
 from efficient_vdvae_torch.inference import nchw
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from tests.behaviour.synthesis_worker import all_rows, newest_checkpoint, open_run, quiet, split_images
@@ -29,12 +30,14 @@ def ema_params(paths, checkpoint=None):
 
 
 def eval_model(config, params):
+    """The Autoencoder of `config` with `params`, in eval mode."""
     model = Autoencoder(build_architecture(config.model, config.data), config.model)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
     return model.eval()
 
 
 def inference(config, params):
+    """The framework's inference backend (what synthesize.py runs) over `params`."""
     return backend.inference(config, backend.init_distributed(config), params, log=quiet)
 
 

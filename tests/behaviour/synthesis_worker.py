@@ -2,8 +2,9 @@
 
 A job is a dict: {"do": "train" | "synthesize", "framework", "args"} runs that entry point's `main`
 through `run_main` (what `python train.py` runs) and records its result, stdout, stderr and exit code;
-{"do": "copytree" | "hash", ...} handles files between invocations; {"do": "kernel", "framework",
-"name", "kwargs"} runs a function of `synthesis_kernels_<framework>` (the backends' kernels by hand).
+{"do": "copytree" | "hash" | "corrupt_newest" | "write_original", ...} handles files between
+invocations; {"do": "kernel", "framework", "name", "kwargs"} runs a function of
+`synthesis_kernels_<framework>` (the model and the backend's kernels by hand).
 PyTorch jobs run in the test process (`run_jobs`); JAX jobs run in a subprocess,
 `python -m tests.behaviour.synthesis_worker JOBS.json RESULTS_DIR`, so that every JAX process of a test
 session shares one persistent compilation cache (see synthesis_fixtures).
@@ -89,6 +90,7 @@ def newest_checkpoint(paths, suffix):
 
 
 def framework_backend(framework):
+    """The Framework module (backend.py) of `framework`."""
     return importlib.import_module(f"efficient_vdvae_{framework}.backend")
 
 
@@ -123,11 +125,13 @@ def write_original(framework, workdir, path):
 
 
 def open_run_paths(workdir, name="tiny"):
+    """RunPaths of the run `name` in `workdir`."""
     from efficient_vdvae_core.runs import run_paths
     return run_paths(name, workdir)
 
 
 def run_job(job):
+    """The result of one job (see the module docstring)."""
     do = job["do"]
     if do in ("train", "synthesize"):
         return invoke(job["framework"], do, job["args"])
@@ -151,7 +155,7 @@ def run_jobs(jobs):
     return {name: run_job(job) for name, job in jobs}
 
 
-def _save(results, folder):
+def save_results(results, folder):
     """Results as JSON, the NumPy arrays of kernel results as one .npz per job."""
     folder = Path(folder)
     saved = {}
@@ -165,7 +169,7 @@ def _save(results, folder):
 
 
 def load_results(folder):
-    """What `_save` wrote, arrays back in place."""
+    """What `save_results` wrote, arrays back in place."""
     folder = Path(folder)
     results = json.loads((folder / "results.json").read_text())
     for name, result in results.items():
@@ -179,4 +183,4 @@ if __name__ == "__main__":
     from efficient_vdvae_jax.utils import cpu
     cpu.prepare()  # as the JAX entry points do
     jobs_file, results_dir = sys.argv[1:3]
-    _save(run_jobs(json.loads(Path(jobs_file).read_text())), results_dir)
+    save_results(run_jobs(json.loads(Path(jobs_file).read_text())), results_dir)

@@ -14,8 +14,8 @@ from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.evaluation import report_scale
 from efficient_vdvae_core.metrics import LN2, effective_pixels
 from efficient_vdvae_core.runs import run_paths
-from tests.behaviour.synthesis_fixtures import (CHECKPOINT_NAME, SEED, STEPS, framework,  # noqa: F401, F811 (pytest fixtures)
-                                                synthesis_runs)
+from tests.behaviour.synthesis_fixtures import CHECKPOINT_NAME, SEED, STEPS
+from tests.behaviour.synthesis_fixtures import framework, synthesis_runs  # noqa: F401, F811 (pytest fixtures)
 from tests.conftest import egs_config
 
 METRICS = ("nelbo", "reconstruction_loss", "kl_div", "ssim")
@@ -58,8 +58,8 @@ def test_reconstruction_nelbo_equals_the_evaluation_kernel(framework, synthesis_
     report, by_hand = results["recon"]["result"], results["evaluate"]
     config = egs_config("tiny")
     scale = report_scale(False, effective_pixels(config.data))
-    expected = {"reconstruction_loss": by_hand["recon_nats"].mean() * scale, "kl_div": by_hand["kl_nats"].mean() * scale,
-                "ssim": by_hand["ssim"].mean()}
+    expected = {"reconstruction_loss": by_hand["recon_nats"].mean() * scale,
+                "kl_div": by_hand["kl_nats"].mean() * scale, "ssim": by_hand["ssim"].mean()}
     expected["nelbo"] = expected["reconstruction_loss"] + expected["kl_div"]
     for key in METRICS:
         assert report[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key

@@ -13,7 +13,8 @@ from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.encodings import read_encodings, safe_file_stems
 from efficient_vdvae_core.runs import run_paths
 from efficient_vdvae_core.training.images import images_to_uint8
-from tests.behaviour.synthesis_fixtures import SEED, STEPS, framework, synthesis_runs  # noqa: F401, F811 (pytest fixtures)
+from tests.behaviour.synthesis_fixtures import SEED, STEPS
+from tests.behaviour.synthesis_fixtures import framework, synthesis_runs  # noqa: F401, F811 (pytest fixtures)
 from tests.conftest import egs_config
 
 
@@ -89,8 +90,8 @@ def test_encodings_decode_in_the_other_framework(synthesis_runs):
     torch_work, _, torch_results = synthesis_runs.rgb("torch")
     jax_work, _, jax_results = synthesis_runs.rgb("jax")
     torch_decodes_jax = synthesis_runs.cross()
-    np.testing.assert_allclose(jax_results["cross_logits"]["logits"], torch_results["posterior_decode"]["decode_logits"],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax_results["cross_logits"]["logits"],
+                               torch_results["posterior_decode"]["decode_logits"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(torch_decodes_jax["cross_logits"]["logits"],
                                jax_results["posterior_decode"]["decode_logits"], rtol=1e-4, atol=1e-4)
     for decoded, encoder, work in (("jax", "torch", torch_work), ("torch", "jax", jax_work)):

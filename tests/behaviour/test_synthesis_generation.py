@@ -12,8 +12,8 @@ from PIL import Image
 from efficient_vdvae_core.cli import run_main
 from efficient_vdvae_core.runs import resolve_run_config, run_paths
 from efficient_vdvae_core.training.images import images_to_uint8
-from tests.behaviour.synthesis_fixtures import (BATCH, CHECKPOINT_NAME, STEPS, cli_args, framework,  # noqa: F401, F811 (pytest fixtures)
-                                                synthesis_runs)
+from tests.behaviour.synthesis_fixtures import BATCH, CHECKPOINT_NAME, STEPS, cli_args
+from tests.behaviour.synthesis_fixtures import framework, synthesis_runs  # noqa: F401, F811 (pytest fixtures)
 from tests.conftest import EGS, egs_config
 
 
