@@ -33,12 +33,18 @@ class Weights:
         return {name: tuple(value.shape) for name, value in tree.items()}
 
 
+def _name_order(name):
+    """Sort key of a parameter name: its '.'-separated parts, numbers by value (levels.2 before levels.10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
+
+
 def shape_mismatch(expected, found):
-    """'' when the {name: shape} dicts agree, else what differs (the first few names of each kind)."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    mismatched = [f"{k} {tuple(found[k])} vs {tuple(v)}" for k, v in expected.items()
-                  if k in found and tuple(found[k]) != tuple(v)]
+    """'' when the {name: shape} dicts agree, else what differs (the first few names of each kind, in name
+    order, so that both frameworks name the same ones)."""
+    missing = sorted((k for k in expected if k not in found), key=_name_order)
+    unexpected = sorted((k for k in found if k not in expected), key=_name_order)
+    mismatched = [f"{k} {tuple(found[k])} vs {tuple(expected[k])}" for k in sorted(expected, key=_name_order)
+                  if k in found and tuple(found[k]) != tuple(expected[k])]
     parts = []
     if mismatched:
         parts.append("shape mismatch (checkpoint vs config): " + ", ".join(mismatched[:3]))

@@ -15,8 +15,13 @@ TORCH_ONLY = {"compile": "torch.compile; JAX always compiles the step with XLA",
 
 
 def init_distributed(config):
-    """Join the multi-process job the environment describes (if any); every device of every process is a replica."""
-    D.init_distributed()
+    """Join the multi-process job the environment describes (if any); every device of every process is a replica.
+
+    [run] device = 'cuda' without a GPU visible to JAX is refused, as in PyTorch.
+    """
+    D.init_distributed()  # before anything asks for the devices
+    if config.run.device == "cuda" and jax.default_backend() != "gpu":
+        raise UserError("[run] device = 'cuda' but no CUDA device is visible; set device = 'auto' or 'cpu'")
     n_devices = len(jax.devices())
     return Dist(process_index=jax.process_index(), n_processes=jax.process_count(), n_shards=n_devices,
                 description=f"{n_devices} device(s) ({jax.devices()[0].platform}) in {jax.process_count()} process(es)")

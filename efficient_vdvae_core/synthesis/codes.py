@@ -8,6 +8,8 @@ stored mean (or mean + T * std * eps) for the kept variates and prior samples (t
 others, then samples the output head. With every variate kept and T = 0, decoding reproduces the
 posterior-mean reconstruction.
 """
+from pathlib import Path
+
 import numpy as np
 
 from efficient_vdvae_core.encodings import (EncodingsError, EncodingWriter, check_same_model, kept_layer_specs,
@@ -110,7 +112,7 @@ def decoding_latents(encodings, arch, indices, seed, temperature=0.0):
 
 
 def run_decoding(ctx):
-    """Decode every image of an encodings folder into synthesis-images/decoded/<setting>/<name>.png."""
+    """Decode every image of an encodings folder into synthesis-images/decoded/<its name>/<setting>/<name>.png."""
     cfg, syn, arch, options = ctx.config, ctx.config.synthesis, ctx.loaded.arch, ctx.options
     folder = options.encodings or encodings_folder(ctx.paths, cfg.run.seed)
     encodings = read_encodings(folder)
@@ -121,7 +123,8 @@ def run_decoding(ctx):
     how = "posterior means" if t == 0 else f"posterior samples at temperature {t}"
     ctx.log(f"Decoding {n} of {len(encodings)} encoded images from {folder} with {how} for the kept variates")
     stems = safe_file_stems(encodings.names[:n])
-    out_dir = common.output_folder(ctx, "decoded", record={"encodings": str(folder)}, T=float(t))
+    out_dir = common.output_folder(ctx, f"decoded/{Path(folder).name}", record={"encodings": str(folder)},
+                                   T=float(t), out=syn.output_temperature)
     plan = EvalPlan(n, syn.batch_size, n_shards=ctx.dist.n_shards, n_processes=ctx.dist.n_processes,
                     process_index=ctx.dist.process_index)
     written = []

@@ -1,10 +1,10 @@
 """Pieces every synthesis mode shares: the run context, output folders, div_stats masks, progress, PNG sets.
 
 Output folders: each mode writes under `logs-<name>/synthesis-images/<mode folder>/<setting>/`, one folder
-per setting that changes the outputs (weights raw/EMA and their step, plus the mode's own settings, e.g.
-`ema-step200`, `raw-step200-masked-q0.03`, `ema-step200-out0.8`), with `settings.json` beside the
-images. So successive invocations with different settings never overwrite or mix each other's
-images, and the same settings reproduce the same folder.
+per setting that changes the outputs (weights raw/EMA and their step, plus the mode's own settings and
+the output temperature, e.g. `ema-step200-out1`, `raw-step200-masked-q0.03-out1`, `ema-step200-out0.8`),
+with `settings.json` beside the images. So successive invocations with different settings never
+overwrite or mix each other's images, and the same settings reproduce the same folder.
 """
 import json
 import math

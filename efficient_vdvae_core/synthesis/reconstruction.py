@@ -34,7 +34,8 @@ def run_reconstruction(ctx):
     binarized = is_binarized(cfg.data)
     acc = EvalAccumulator(arch.n_latent_layers, binarized, effective_pixels(cfg.data))
     folder = common.output_folder(ctx, "reconstructed",
-                                  **({"masked-q": syn.variate_masks_quantile} if masks is not None else {}))
+                                  **({"masked-q": syn.variate_masks_quantile} if masks is not None else {}),
+                                  out=syn.output_temperature)
     written, targets = [], []
     scale, unit = report_scale(binarized, effective_pixels(cfg.data)), report_unit_name(binarized)
     bar = common.progress(zip(plan, ctx.backend.eval_batches(dataset, plan)), len(plan), "reconstruction",

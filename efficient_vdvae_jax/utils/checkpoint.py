@@ -116,9 +116,20 @@ def read_weights(path):
 
 
 def read_orbax_weights(folder):
-    """Weights of one of our Orbax checkpoint folders."""
+    """Weights of one of our Orbax checkpoint folders: params and EMA only (Orbax partial restore)."""
     from efficient_vdvae_core.params import jax_params_to_torch_state_dict
-    state, meta = read_orbax_state(folder)
+    from efficient_vdvae_core.weights import stored_config
+    from efficient_vdvae_jax.model.autoencoder import build_model
+    from efficient_vdvae_jax.utils.state import split_model
+    meta = read_meta(folder)
+    shapes = jax.eval_shape(lambda: split_model(build_model(stored_config(meta["config"], folder)))[1])
+    target = on_device({"params": shapes, "ema": shapes}, jax.devices()[0])
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    try:
+        state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        restored = _checkpointer().restore(Path(folder).absolute(), args=ocp.args.Composite(state=state))["state"]
+    except Exception as exc:  # a truncated or foreign folder
+        raise CheckpointError(f"{folder}: unreadable checkpoint ({_reason(exc)})") from None
     to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(jax.device_get, tree)))
-    return Weights(params=to_torch(state["params"]), ema=to_torch(state["ema"]), step=int(meta["step"]),
+    return Weights(params=to_torch(restored["params"]), ema=to_torch(restored["ema"]), step=int(meta["step"]),
                    config_dict=meta["config"], source=Path(folder), kind="jax")

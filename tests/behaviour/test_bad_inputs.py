@@ -1,26 +1,30 @@
-"""Malformed configs, arguments and inputs through the real entry points: refused early, in one line.
+"""Malformed configs, arguments and inputs through the real entry points of both frameworks: refused early, in
+one line, the same line in PyTorch and JAX.
 
-Every case runs train.py, synthesize.py or summary.py's `main` through `run_main` (what `python train.py`
-runs) and must end with exit code 2, exactly one stderr line `error: ...` naming what is wrong and
-where, no traceback, and nothing written: no logs-*/checkpoints-* folder in the training workdir (data
-and --from-checkpoint problems included: they are checked before the run's config is saved), and the
-folders of an existing run byte-for-byte unchanged by synthesis.
+Every case runs train.py, synthesize.py or summary.py's `main` of efficient_vdvae_torch and of
+efficient_vdvae_jax through `run_main` (what `python train.py` runs) and must end with exit code 2, exactly
+one stderr line `error: ...` naming what is wrong and where, no traceback, and nothing written: no
+logs-*/checkpoints-* folder in the training workdir (data and --from-checkpoint problems included: they
+are checked before the run's config is saved), and the inputs folder (with each framework's saved run
+'tiny') byte-for-byte unchanged. The two frameworks' lines agree once the paths of their own folders are
+replaced by placeholders.
 """
+import importlib
 import os
-from pathlib import Path
 
+import jax
 import pytest
 import torch
 
+from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointFolder
 from efficient_vdvae_core.cli import run_main
 from efficient_vdvae_core.config import render_text
 from efficient_vdvae_core.runs import resolve_run_config, run_paths
-from efficient_vdvae_torch import summary, synthesize, train
-from efficient_vdvae_torch.training import Trainer, build_training_model
-from efficient_vdvae_torch.utils.distributed import DistInfo
+from efficient_vdvae_core.training.loop import CHECKPOINT_FORMAT_VERSION
+from tests.behaviour.synthesis_worker import file_hashes
 from tests.conftest import EGS, egs_config
 
-ENTRIES = {"train": train, "synthesize": synthesize, "summary": summary}
+FRAMEWORKS = ("torch", "jax")
 FAST = ["--set", "val.n_samples_for_validation=8", "--set", "val.batch_size=8", "--set", "run.num_cpus=0",
         "--set", "train.total_train_steps=1"]
 MARKER = "PWNED"  # a file that code in a config value would create in the working directory
@@ -186,20 +190,40 @@ CASES = [
     ("summary-syntax", "summary", edited(append="[model\n"), [], ["line"]),
     ("summary-bad-set", "summary", None, ["--set", "model=1"], ["section.key"]),
 ]
-if not torch.cuda.is_available():
+
+if not torch.cuda.is_available() and jax.default_backend() == "cpu":
     CASES.append(("cuda-without-gpu", "train", None, ["--set", "run.device='cuda'"], ["device = 'cuda'", "no CUDA"]))
+JAX_ONLY = [  # PyTorch options that mean nothing in JAX: refused there in one line
+    ("compile", "train", None, ["--set", "train.compile=True"],
+     ["[train] compile = True is a PyTorch option", "set it to False for JAX"]),
+    ("channels-last", "train", None, ["--set", "train.channels_last=True"],
+     ["[train] channels_last = True is a PyTorch option", "set it to False for JAX"]),
+]
 
 
 def test_enough_cases():
     assert len(CASES) >= 30 and len({case[0] for case in CASES}) == len(CASES)
 
 
+def save_untrained_run(framework, config, workdir):
+    """The run 'tiny' in `workdir`: its saved config and one checkpoint (step 0) of `framework`, untrained."""
+    backend = importlib.import_module(f"efficient_vdvae_{framework}.backend")
+    config, paths = resolve_run_config(EGS / "tiny.cfg", ["run.device='cpu'"], workdir, log=lambda *a, **k: None)
+    trainer = backend.trainer(config, backend.init_distributed(config), log=lambda *a, **k: None)
+    meta = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": 0, "skips": 0, "consecutive_skips": 0,
+            "global_step": -1, "framework": framework, "config": config.to_dict()}
+    CheckpointFolder(paths.checkpoints, trainer.codec).save(0, Checkpoint(meta=meta, state=trainer.state()), keep=1,
+                                                          log=lambda *a, **k: None)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A folder of inputs: image folders (good, empty, with a text file, with a fake PNG), bad checkpoints,
-    and the run 'tiny' (saved config and one untrained checkpoint) in workdir 'run'."""
-    tmp = tmp_path_factory.mktemp("inputs")
+    and for each framework the run 'tiny' (saved config and one untrained checkpoint) in workdir run_<framework>."""
     from PIL import Image
+
+    from efficient_vdvae_torch.trainer import build_training_model
+    tmp = tmp_path_factory.mktemp("inputs")
     for folder in ("imgs", "empty", "text", "fake"):
         (tmp / folder).mkdir()
     for i in range(8):
@@ -211,20 +235,15 @@ def inputs(tmp_path_factory):
     weights = build_training_model(egs_config("tiny_binarized"), torch.device("cpu")).state_dict()
     torch.save({"global_step": 0, "model_state_dict": weights, "ema_model_state_dict": weights},
                tmp / "binarized.pt")  # the original's format: no stored config, so the run's config builds the model
-    config, paths = resolve_run_config(EGS / "tiny.cfg", ["run.device='cpu'"], tmp / "run", log=lambda *a: None)
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    Trainer(config, paths, dist, log=lambda *a: None).save()
+    for framework in FRAMEWORKS:
+        save_untrained_run(framework, egs_config("tiny"), tmp / f"run_{framework}")
     return tmp
 
 
-def snapshot(folder):
-    """{relative path: bytes} of every file under `folder`."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-@pytest.mark.parametrize("case_id, entry, text, extra, needles", CASES, ids=[c[0] for c in CASES])
-def test_refused_in_one_line_and_nothing_written(case_id, entry, text, extra, needles, inputs, tmp_path,
-                                                 capsys, monkeypatch):
+def refusal(framework, entry, text, extra, inputs, tmp_path, capsys, monkeypatch):
+    """Run one entry point of `framework` on a case; the checks that hold in every framework; its error line
+    with this framework's folders replaced by <workdir> and <tmp>."""
+    tmp_path.mkdir()
     monkeypatch.chdir(tmp_path)  # where code in a value would write MARKER
     extra = [a.replace("{tmp}", str(inputs)) for a in extra]
     config = EGS / "tiny.cfg"
@@ -234,20 +253,38 @@ def test_refused_in_one_line_and_nothing_written(case_id, entry, text, extra, ne
             config.write_bytes(text)
         else:
             config.write_text(text.replace("{tmp}", str(inputs)), encoding="utf-8")
-    workdir = inputs / "run" if entry == "synthesize" else tmp_path / "work"
-    before = snapshot(inputs)
+    workdir = inputs / f"run_{framework}" if entry == "synthesize" else tmp_path / "work"
+    before = file_hashes(inputs)
     args = ["--config", str(config), "--workdir", str(workdir), *(FAST if entry == "train" else []), *extra]
+    module = importlib.import_module(f"efficient_vdvae_{framework}.{entry}")
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        run_main(ENTRIES[entry].main, args, parser=ENTRIES[entry].parser())
+        run_main(module.main, args, parser=module.parser())
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (framework, err)
     assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
     assert not (tmp_path / MARKER).exists()
     if entry == "train" and workdir.exists():
-        assert not [p.name for p in workdir.iterdir() if p.name.startswith(("logs-", "checkpoints-"))]
-    assert snapshot(inputs) == before
+        assert not [p.name for p in workdir.iterdir() if p.name.startswith(("logs-", "checkpoints-"))], framework
+    assert file_hashes(inputs) == before, framework
     assert not run_paths("tiny", tmp_path).logs.exists()
+    return lines[0].replace(str(workdir), "<workdir>").replace(str(tmp_path), "<tmp>")
+
+
+@pytest.mark.parametrize("case_id, entry, text, extra, needles", CASES, ids=[c[0] for c in CASES])
+def test_refused_in_one_line_and_nothing_written(case_id, entry, text, extra, needles, inputs, tmp_path,
+                                                 capsys, monkeypatch):
+    lines = {fw: refusal(fw, entry, text, extra, inputs, tmp_path / fw, capsys, monkeypatch) for fw in FRAMEWORKS}
+    for framework, line in lines.items():
+        for needle in needles:
+            assert needle in line, (framework, needle, line)
+    assert lines["torch"] == lines["jax"]
+
+
+@pytest.mark.parametrize("case_id, entry, text, extra, needles", JAX_ONLY, ids=[c[0] for c in JAX_ONLY])
+def test_pytorch_options_refused_in_jax(case_id, entry, text, extra, needles, inputs, tmp_path, capsys,
+                                        monkeypatch):
+    line = refusal("jax", entry, text, extra, inputs, tmp_path / "jax", capsys, monkeypatch)
+    for needle in needles:
+        assert needle in line, (needle, line)
