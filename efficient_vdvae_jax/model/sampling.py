@@ -89,11 +89,12 @@ def sample_bernoulli(logits, key, temperature=1.0, noise=None):
 def output_samples(logits, config, key, temperature=None, noise=None):
     """Images sampled from the output head: MoL in [-1, 1] (B, R, R, C), Bernoulli {0, 1} (B, 28, 28, 1).
 
-    `noise`: given uniform draws (see sample_mol / sample_bernoulli), else drawn from `key`.
+    `noise`: given uniform draws, the list of evaluation.output_noise (MoL: two arrays, see sample_mol;
+    Bernoulli: one array, see sample_bernoulli), else drawn from `key`.
     """
     t = config.synthesis.output_temperature if temperature is None else temperature
     if is_binarized(config.data):
-        return sample_bernoulli(logits, key, temperature=t, noise=noise)
+        return sample_bernoulli(logits, key, temperature=t, noise=None if noise is None else noise[0])
     m = config.model
     return sample_mol(logits, key, num_bits=config.data.num_bits, num_mixtures=m.num_output_mixtures,
                       distribution_base=m.output_distribution_base, beta=m.output_gradient_smoothing_beta,
