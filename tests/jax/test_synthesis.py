@@ -1,8 +1,8 @@
 """JAX synthesize.py end to end on tiny runs trained in the test: every mode, its files and numbers, and
 encodings written by PyTorch decoded by JAX.
 
-The JAX runs are subprocesses that share a persistent compilation cache with tests/jax/test_training.py
-(see there); one subprocess runs a list of synthesize.py invocations through its main.
+The JAX runs are subprocesses that share a persistent compilation cache (tests/jax/subprocess_runs.py,
+see there); one subprocess runs a list of synthesize.py invocations through its main.
 """
 import json
 import shutil
@@ -17,7 +17,7 @@ from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.encodings import read_encodings, safe_file_stems
 from efficient_vdvae_core.runs import resolve_run_config
 from tests.conftest import EGS
-from tests.jax.test_training import run_python, session_cache, train
+from tests.jax.subprocess_runs import run_python, session_cache, train
 
 SEED = 420  # run.seed of both tiny configs
 BATCH = 8  # synthesis batch = validation batch: reconstruction reuses the compiled evaluation
