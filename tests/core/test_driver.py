@@ -105,9 +105,10 @@ class FakeBackend:
             self.evaluated.append(counter)
         b, res, channels = len(rows.images), self.config.data.target_res, self.config.data.channels
         images = np.zeros((b, res, res, channels), np.float32) if details else None
+        histograms = {"OutputLayer/means": np.zeros(4)} if details else None
         return EvalOutput(recon_nats=np.full(b, 3000.0), kl_nats=np.full(b, 30.0),
                           kl_per_layer_bits=np.full((b, self.n_layers), 0.5), ssim=np.full(b, 0.25),
-                          inputs=images, samples=images, histograms={"OutputLayer/means": np.zeros(4)} if details else None)
+                          inputs=images, samples=images, histograms=histograms)
 
     def prior_samples(self, n, counter):
         res, channels = self.config.data.target_res, self.config.data.channels
@@ -298,7 +299,8 @@ def test_resume_from_the_newest_checkpoint_with_its_counters(tmp_path):
 
 
 def test_resume_falls_back_past_unreadable_checkpoints_with_warnings(tmp_path):
-    train(tmp_path, fake_framework(), 4, "train.checkpoint_and_eval_interval_in_steps=1", "run.max_allowed_checkpoints=4")
+    train(tmp_path, fake_framework(), 4, "train.checkpoint_and_eval_interval_in_steps=1",
+          "run.max_allowed_checkpoints=4")
     f = folder(tmp_path)
     f.path(4).write_text('{"meta": ')  # truncated
     f.path(3).write_bytes(b"")  # empty
