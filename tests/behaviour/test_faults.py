@@ -233,6 +233,18 @@ def wait_for(predicate, proc=None, timeout=300):
         time.sleep(0.05)
 
 
+def test_a_locked_run_is_refused_before_anything_is_written(framework, tmp_path, capsys, across):
+    """While a process holds logs-<name>/.lock, train.py refuses in one line and writes nothing."""
+    from efficient_vdvae_core.runs import RunLock
+    paths = run_paths("tiny", tmp_path)
+    with RunLock(paths.logs, log=lambda *a: None):
+        line = refused_training(capsys, framework, tmp_path, 2)
+        assert sorted(p.name for p in paths.logs.iterdir()) == [".lock"]  # no saved config, no events
+    assert line.startswith("error: ") and f"{paths.logs / '.lock'}: the run is in use by process {os.getpid()}" in line
+    assert not paths.checkpoints.exists()
+    same_in_both(across, "locked run", framework, normalise(line, framework, tmp_path))
+
+
 def test_a_second_training_is_refused_while_synthesis_reads_alongside(framework, tmp_path, capsys,
                                                                       request):
     cache = request.getfixturevalue("jax_compilation_cache") if framework.name == "jax" else None
