@@ -27,7 +27,7 @@ def test_validation_nelbo_does_not_depend_on_the_evaluation_interval(framework, 
 
 
 def assert_same_run(framework, workdir, reference, steps):
-    """The run in `workdir` ends with the reference's state at `steps` and its validation NELBO at every step."""
+    """The run in `workdir` ends with the reference's state at `steps`, and its validation NELBO is the reference's."""
     meta, arrays = framework.read(framework.path(workdir, steps))
     ref_meta, ref_arrays = reference.states[steps]
     assert meta["step"] == ref_meta["step"] == steps and meta["skips"] == ref_meta["skips"]
@@ -35,7 +35,7 @@ def assert_same_run(framework, workdir, reference, steps):
     for name, value in ref_arrays.items():
         np.testing.assert_allclose(arrays[name], value, rtol=ROUNDING, atol=ROUNDING, err_msg=name)
     nelbo = val_nelbo(run_paths("tiny", workdir))
-    assert sorted(nelbo) == list(range(1, steps + 1))
+    assert steps in nelbo
     for step, value in nelbo.items():
         assert value == pytest.approx(reference.nelbo[step], rel=ROUNDING), step
 
@@ -50,19 +50,19 @@ def test_two_processes_match_one_process(framework, reference, tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Running on 2 process(es)" in out.stdout
-    assert framework.steps(tmp_path) == [2, 3]
+    assert framework.steps(tmp_path) == [2, 3] and sorted(val_nelbo(run_paths("tiny", tmp_path))) == [1, 2, 3]
     assert_same_run(framework, tmp_path, reference, 3)
 
 
 @pytest.mark.parametrize("framework", ["jax"], indirect=True)
 def test_two_devices_match_one_device(framework, reference, tmp_path, jax_compilation_cache):
     """The global batch sharded over 2 CPU devices (same data, same eps) trains and validates the 1-device run."""
-    out = subprocess.run(train_command(framework, tmp_path, 3, "train.checkpoint_and_eval_interval_in_steps=1"),
+    out = subprocess.run(train_command(framework, tmp_path, 3, "train.checkpoint_and_eval_interval_in_steps=3"),
                          env=python_env(jax_compilation_cache, devices=2), cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "Running on 2 device(s) (cpu) in 1 process(es)" in out.stdout
-    assert framework.steps(tmp_path) == [2, 3]
+    assert framework.steps(tmp_path) == [3] and list(val_nelbo(run_paths("tiny", tmp_path))) == [3]
     assert_same_run(framework, tmp_path, reference, 3)
 
 
