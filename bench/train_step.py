@@ -4,9 +4,11 @@
 
 Prints one JSON line: median seconds per step, images per second, peak memory (max RSS of the
 process on CPU; torch.cuda.max_memory_allocated, or the JAX device's peak_bytes_in_use, on GPU) and
-the NELBO of the first step (to check that two variants compute the same thing). Data are random
-images, so only the model is timed. JAX: the first (warm-up) step includes compilation; its time
-minus the median is reported as `compile_s`, and every timed step waits for its results.
+the NELBO of the first step in the reported unit (to check that two variants compute the same thing).
+A step is the training backend's (TorchTrainer / JaxTrainer.train_step with the core's StepValues of
+steps 0, 1, ...). Data are random images, so only the model is timed. JAX: the first (warm-up) step
+includes compilation; its time minus the median is reported as `compile_s`, and every timed step
+waits for its results.
 
 The process keeps freed memory as train.py does (efficient_vdvae_core.allocator; set
 EFFICIENT_VDVAE_KEEP_FREED_MEMORY=0 to compare), and the first --warmup steps (default 3) are not
@@ -17,14 +19,16 @@ import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from efficient_vdvae_core.allocator import retain_freed_memory
 from efficient_vdvae_core.config import is_binarized, load_config
-from efficient_vdvae_core.runs import run_paths
+from efficient_vdvae_core.evaluation import report_scale
+from efficient_vdvae_core.metrics import effective_pixels
+from efficient_vdvae_core.schedules import step_values
+from efficient_vdvae_core.training.backend import Dist
 
 
 def batch_nhwc(config, size, seed=0):
@@ -37,40 +41,59 @@ def batch_nhwc(config, size, seed=0):
 
 
 def time_steps(step, warmup, steps):
-    """(per-step seconds of the timed steps, first-step seconds, NELBO of the first step)."""
+    """(per-step seconds of the timed steps, first-step seconds, NELBO of the first step in nats per dim)."""
     times, first_time, first_loss = [], None, None
     for i in range(warmup + steps):
         start = time.perf_counter()
-        metrics = step()
+        out = step(i)
         elapsed = time.perf_counter() - start
         if i >= warmup:
             times.append(elapsed)
         first_time = elapsed if first_time is None else first_time
-        first_loss = metrics["Losses/nelbo"] if first_loss is None else first_loss
+        first_loss = out.recon_nats_per_dim + out.kl_nats_per_dim if first_loss is None else first_loss
     return times, first_time, first_loss
 
 
-def run_torch(args, config, tmp):
-    kept = retain_freed_memory()  # as torch train.py does
+def one_process(n_shards=1):
+    return Dist(process_index=0, n_processes=1, n_shards=n_shards, description="1 process")
+
+
+def make_torch_step(config, images):
+    """fn(step) -> StepOutput: one TorchTrainer step on `images` (NumPy NHWC), waiting for the device."""
     import torch
 
-    from efficient_vdvae_torch.training import Trainer
-    from efficient_vdvae_torch.utils.distributed import DistInfo, pick_device
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from efficient_vdvae_torch.backend import TorchDist
+    from efficient_vdvae_torch.trainer import TorchTrainer
+    from efficient_vdvae_torch.utils.distributed import pick_device
     device = pick_device(config.run.device)
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
-    trainer = Trainer(config, run_paths(config.run.name, tmp), dist, log=lambda *a: None)
-    images = torch.from_numpy(batch_nhwc(config, args.batch_size).transpose(0, 3, 1, 2).copy()).to(device)
+    trainer = TorchTrainer(config, TorchDist(**vars(one_process()), device=device), log=lambda *a: None)
+    batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
     if config.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
 
-    def step():
-        metrics, _ = trainer.train_step(images)
+    def step(i):
+        out = trainer.train_step(batch, step_values(i, config))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return metrics
+        return out
+    return step, device
 
+
+def make_jax_step(config, images):
+    """fn(step) -> StepOutput: one JaxTrainer step on `images` over every device (its results read back)."""
+    import jax
+
+    from efficient_vdvae_jax.trainer import JaxTrainer
+    trainer = JaxTrainer(config, one_process(jax.device_count()), log=lambda *a: None)
+    return (lambda i: trainer.train_step(images, step_values(i, config))), trainer.mesh
+
+
+def run_torch(args, config):
+    kept = retain_freed_memory()  # as torch train.py does
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    step, device = make_torch_step(config, batch_nhwc(config, args.batch_size))
     times, first_time, first_loss = time_steps(step, args.warmup, args.steps)
     cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -78,18 +101,12 @@ def run_torch(args, config, tmp):
             "peak_memory_kind": "cuda_max_allocated" if cuda else "max_rss"}, times, first_time, first_loss, peak
 
 
-def run_jax(args, config, tmp):
+def run_jax(args, config):
     from efficient_vdvae_jax.utils import cpu
     prepared = cpu.prepare()  # as JAX train.py does, before the first JAX computation
     import jax
-
-    from efficient_vdvae_jax.training import Trainer
-    from efficient_vdvae_jax.utils.distributed import make_mesh
-    mesh = make_mesh()
-    trainer = Trainer(config, run_paths(config.run.name, tmp), mesh=mesh, log=lambda *a: None)
-    images = batch_nhwc(config, args.batch_size)
-    times, first_time, first_loss = time_steps(lambda: trainer.train_step(images), args.warmup, args.steps)
-    trainer.close()
+    step, mesh = make_jax_step(config, batch_nhwc(config, args.batch_size))
+    times, first_time, first_loss = time_steps(step, args.warmup, args.steps)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     peak = stats["peak_bytes_in_use"] if stats else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -113,9 +130,10 @@ def main():
         parser.error("--framework jax needs --warmup >= 1 (the first step compiles)")
     config, _ = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
     runner = run_jax if args.framework == "jax" else run_torch
-    with tempfile.TemporaryDirectory() as tmp:
-        info, times, first_time, first_loss, peak = runner(args, config, tmp)
+    info, times, first_time, first_loss, peak = runner(args, config)
     median = statistics.median(times)
+    e = effective_pixels(config.data)
+    first_loss *= e * report_scale(is_binarized(config.data), e)  # nats per dim -> bits/dim or nats/image
     record = {"framework": args.framework, "config": args.config, "batch_size": args.batch_size,
               "device": info["device"], "threads": info["threads"], "overrides": args.overrides,
               "steps": args.steps, "median_s_per_step": round(median, 4),

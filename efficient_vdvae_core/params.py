@@ -58,7 +58,8 @@ _TORCH_ORDER = {name: i for i, name in enumerate((
     "weight", "bias"))}
 
 
-def _torch_order(name):
+def torch_key_order(name):
+    """Sort key putting torch state_dict names in the order of the PyTorch model's state_dict."""
     return [(0, int(p), "") if p.isdigit() else (1, _TORCH_ORDER.get(p, len(_TORCH_ORDER)), p)
             for p in name.split(".")]
 
@@ -112,7 +113,7 @@ def jax_params_to_torch_state_dict(params):
         axes, _ = _torch_axes(path)
         name, _ = jax_to_torch_key(path, value.shape)
         out[name] = np.ascontiguousarray(value if axes is None else value.transpose(axes))
-    return {k: out[k] for k in sorted(out, key=_torch_order)}
+    return {k: out[k] for k in sorted(out, key=torch_key_order)}
 
 
 # ---------------------------------------------------------------- the original JAX tree

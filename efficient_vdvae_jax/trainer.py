@@ -4,8 +4,12 @@ It answers how (arrays, meshes, compilation); `efficient_vdvae_core.training.loo
 The step's schedule values arrive as traced scalars (`StepValues`), so nothing retraces; its latent noise
 is drawn from key(seed) folded with (TRAIN_LATENTS, step) over the global batch, so 1 and N devices draw
 the same eps. A skipped update (the core's rule: not grad_norm < skip_threshold) leaves parameters,
-optimizer state and EMA unchanged.
+optimizer state and EMA unchanged. The jitted programs of a config are kept for the process
+(`programs`): a second run of the same model in one process traces and compiles nothing again.
 """
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +81,54 @@ def make_train_step(graphdef, rest, config, arch, tx, mask):
     return step_fn
 
 
+PROGRAMS_KEPT = 4  # configs whose programs a process keeps
+
+
+def program_key(config):
+    """The parts of a config that the jitted step, evaluation and sampling programs read (and nothing else)."""
+    return (config.model, config.data, config.loss, config.optimizer, config.run.seed, config.train.ema_decay,
+            config.synthesis.output_temperature)
+
+
+@dataclass
+class Programs:
+    """The jitted functions of one program_key on one mesh, with the model structure they close over."""
+    graphdef: object
+    rest: object
+    config: object
+    arch: object
+    step: object
+    evaluations: dict = field(default_factory=dict)  # randomness purpose -> jitted evaluation
+    prior: dict = field(default_factory=dict)  # batch size -> jitted prior sampling
+
+    def evaluation(self, purpose):
+        """The jitted evaluation of one randomness purpose (validation, or the last training batch)."""
+        if purpose not in self.evaluations:
+            self.evaluations[purpose] = evaluate_batch_fn(self.graphdef, self.rest, self.config, self.arch, purpose)
+        return self.evaluations[purpose]
+
+
+_programs = OrderedDict()  # (program_key, mesh) -> Programs, most recently used last
+
+
+def programs(config, mesh, graphdef, rest, arch, tx, mask):
+    """The Programs of `config` on `mesh`, traced once per process (the model's tracing takes seconds).
+
+    The other arguments (the split model, architecture, optimizer and decay mask of `config`) build them
+    when the process has none for this program_key yet.
+    """
+    key = (program_key(config), mesh)
+    if key in _programs:
+        _programs.move_to_end(key)
+        return _programs[key]
+    step_fn = make_train_step(graphdef, rest, config, arch, tx, mask)
+    _programs[key] = Programs(graphdef, rest, config, arch,
+                              jax.jit(step_fn, donate_argnums=0, out_shardings=D.replicated(mesh)))
+    while len(_programs) > PROGRAMS_KEPT:
+        _programs.popitem(last=False)
+    return _programs[key]
+
+
 class JaxTrainer:
     """Owns the model structure, the replicated TrainState on the mesh and the jitted functions of one run."""
 
@@ -84,14 +136,11 @@ class JaxTrainer:
         self.config, self.dist, self.log = config, dist, log
         self.mesh = D.make_mesh() if mesh is None else mesh
         self.arch = build_architecture(config.model, config.data)
-        self.graphdef, params, self.rest = split_model(build_model(config))
+        graphdef, params, rest = split_model(build_model(config))
         self.tx = build_direction(config.optimizer)
+        self.programs = programs(config, self.mesh, graphdef, rest, self.arch, self.tx, decay_mask(params))
         self.train_state = D.put_replicated(self.mesh, init_state(params, self.tx))
         self.codec = OrbaxCodec(abstract_like(self.train_state))
-        step_fn = make_train_step(self.graphdef, self.rest, config, self.arch, self.tx, decay_mask(params))
-        self._step = jax.jit(step_fn, donate_argnums=0, out_shardings=D.replicated(self.mesh))
-        self._evaluate = {}  # purpose -> jitted evaluation
-        self._prior = {}
         self._last_grads = None
 
     # ---------------------------------------------------------------------------- checkpoints
@@ -132,7 +181,8 @@ class JaxTrainer:
 
     def train_step(self, images, values, noise=None):
         batch = D.global_batch(self.mesh, np.asarray(images, np.float32))
-        self.train_state, out, self._last_grads = self._step(self.train_state, batch, traced_values(values), noise)
+        self.train_state, out, self._last_grads = self.programs.step(self.train_state, batch, traced_values(values),
+                                                                     noise)
         out = {k: D.to_host(v) for k, v in out.items()}
         return StepOutput(recon_nats_per_dim=float(out["recon"]), kl_nats_per_dim=float(out["kl"]),
                           kl_per_layer_bits=np.asarray(out["kl_layers"], np.float64), grad_norm=float(out["norm"]),
@@ -143,12 +193,11 @@ class JaxTrainer:
         return plan_batches(self.config, dataset, plan)
 
     def evaluate(self, images, rows, counter, details, purpose=EVALUATION):
-        if purpose not in self._evaluate:
-            self._evaluate[purpose] = evaluate_batch_fn(self.graphdef, self.rest, self.config, self.arch, purpose)
         n = len(rows.images)
         start = self.dist.process_index * n
-        result = self._evaluate[purpose](self.train_state["params"], D.global_batch(self.mesh, images),
-                                         D.global_batch(self.mesh, np.asarray(rows.images, np.int32)), np.int32(counter))
+        result = self.programs.evaluation(purpose)(self.train_state["params"], D.global_batch(self.mesh, images),
+                                                  D.global_batch(self.mesh, np.asarray(rows.images, np.int32)),
+                                                  np.int32(counter))
         return eval_output(result, self.config, (start, start + n), images, details)
 
     def parameters_and_gradients(self):
@@ -159,12 +208,12 @@ class JaxTrainer:
         return {name: (value, None if grads is None else grads[name]) for name, value in weights.items()}
 
     def prior_samples(self, n, counter):
-        if n not in self._prior:
-            self._prior[n] = prior_sample_fn(self.graphdef, self.rest, self.config, self.arch, n, self.mesh,
-                                             PRIOR_SAMPLES)
+        prior = self.programs.prior
+        if n not in prior:
+            prior[n] = prior_sample_fn(self.programs.graphdef, self.programs.rest, self.config, self.arch, n,
+                                       self.mesh, PRIOR_SAMPLES)
         temperatures = np.ones(self.arch.n_latent_layers, np.float32)
-        samples, _ = self._prior[n](self.train_state["ema"], temperatures, np.arange(n, dtype=np.int32),
-                                    np.int32(counter))
+        samples, _ = prior[n](self.train_state["ema"], temperatures, np.arange(n, dtype=np.int32), np.int32(counter))
         return np.asarray(D.to_host(samples), np.float32)
 
     # ----------------------------------------------------------------------------- processes

@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 
-from efficient_vdvae_core.checkpoints import CheckpointFolder
+from efficient_vdvae_core.checkpoints import CheckpointError, CheckpointFolder
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
@@ -24,7 +24,8 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     The batch must split over the replicas; the train and validation splits must open (a missing or
     empty folder, a file that is not an image, too few images: one line naming the key and the path;
     the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
-    files' headers are checked here); for a run without checkpoints, `init_checkpoint` must fit the model.
+    files' headers are checked here); the newest readable checkpoint of the run, or for a run without
+    checkpoints `init_checkpoint`, must fit the model.
     """
     framework.check_options(config)
     if config.train.batch_size % dist.n_shards:
@@ -39,11 +40,27 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
             raise UserError(f"the train split of {data.dataset_source} has {len(train)} images, fewer than "
                             f"[train] batch_size = {config.train.batch_size}")
     make_dataset(data, "val", seed=config.run.seed, n_samples=config.val.n_samples_for_validation)
-    has_checkpoints = paths.checkpoints.is_file() or bool(CheckpointFolder(paths.checkpoints, _Suffix(framework)).list())
-    if init_checkpoint is None or has_checkpoints:
+    found = CheckpointFolder(paths.checkpoints, _Suffix(framework)).list()
+    if found:
+        check_resumable(found, framework, config)
+    if init_checkpoint is None or found or paths.checkpoints.is_file():
         return
     check_fits(framework.read_weights(init_checkpoint), framework.param_shapes(config),
                what=f"does not match the model of [run] name = {config.run.name}")
+
+
+def check_resumable(found, framework, config):
+    """The newest readable of the (step, path) checkpoints `found` must fit the model of `config`.
+
+    Unreadable ones are left to the training loop, which names each and falls back past it.
+    """
+    for _, path in reversed(found):
+        try:
+            weights = framework.read_weights(path)
+        except CheckpointError:
+            continue
+        check_fits(weights, framework.param_shapes(config))
+        return
 
 
 class _Suffix:

@@ -2,7 +2,8 @@
 
 `state` is the TrainState pytree (params, EMA params, optimizer state, all jax.Arrays); `meta` is JSON
 (format_version, step, skips, consecutive_skips, framework, config). Orbax writes each checkpoint into
-a temporary folder and renames it when complete; every process takes part in a multi-process save.
+a temporary folder and renames it when complete; every process takes part in a multi-process save. A
+folder of the same step already there (an unreadable one that resuming fell back past) is replaced.
 Numbering, fall-back, pruning and the write-failure policy are `efficient_vdvae_core.checkpoints`.
 """
 import re
@@ -60,7 +61,7 @@ class OrbaxCodec:
     def write(self, path, checkpoint):
         checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_leaves(checkpoint.state))
         _checkpointer().save(Path(path).absolute(), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(checkpoint.state), meta=ocp.args.JsonSave(checkpoint.meta)))
+            state=ocp.args.StandardSave(checkpoint.state), meta=ocp.args.JsonSave(checkpoint.meta)), force=True)
 
     def read(self, path):
         path = Path(path)

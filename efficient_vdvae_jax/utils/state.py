@@ -25,9 +25,10 @@ def init_state(params, tx):
 
 
 def param_shapes(config):
-    """{torch state_dict name: PyTorch-layout shape} of the model of a Config (abstract: nothing allocated)."""
+    """{torch state_dict name: PyTorch-layout shape} of a Config's model in state_dict order (nothing allocated)."""
     from efficient_vdvae_core.architecture import build_architecture
-    from efficient_vdvae_core.params import jax_to_torch_key
+    from efficient_vdvae_core.params import jax_to_torch_key, torch_key_order
     from efficient_vdvae_jax.summary import abstract_params
     shapes = abstract_params(build_architecture(config.model, config.data), config.model)
-    return dict(jax_to_torch_key(path, shape) for path, shape in shapes)
+    names = dict(jax_to_torch_key(path, shape) for path, shape in shapes)
+    return {name: names[name] for name in sorted(names, key=torch_key_order)}

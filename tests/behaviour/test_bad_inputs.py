@@ -169,7 +169,7 @@ CASES = [
     # --- synthesis of the existing run 'tiny' -------------------------------------------------------
     ("synth-no-such-run", "synthesize", None, ["--set", "run.name=nosuchrun"], ["no run named 'nosuchrun'"]),
     ("synth-bad-run-name", "synthesize", None, ["--set", "run.name=a/b"], ["name", "slash"]),
-    ("synth-unknown-mode", "synthesize", None, ["--set", "synthesis.synthesis_mode='interpolation'"],
+    ("synth-unknown-mode", "synthesize", None, ["--set", "synthesis.synthesis_mode='interpolate'"],
      ["synthesis_mode", "generation"]),
     ("synth-bad-temperature", "synthesize", None, ["--set", "synthesis.temperature_settings=[('cubic', 1, 2)]"],
      ["temperature_settings", "linear"]),
@@ -255,7 +255,8 @@ def refusal(framework, entry, text, extra, inputs, tmp_path, capsys, monkeypatch
             config.write_text(text.replace("{tmp}", str(inputs)), encoding="utf-8")
     workdir = inputs / f"run_{framework}" if entry == "synthesize" else tmp_path / "work"
     before = file_hashes(inputs)
-    args = ["--config", str(config), "--workdir", str(workdir), *(FAST if entry == "train" else []), *extra]
+    no_workers = ["--set", "run.num_cpus=0"]  # no loader processes forked after JAX started its threads
+    args = ["--config", str(config), "--workdir", str(workdir), *(FAST if entry == "train" else no_workers), *extra]
     module = importlib.import_module(f"efficient_vdvae_{framework}.{entry}")
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:

@@ -5,8 +5,10 @@ import itertools
 import pytest
 import torch
 
+from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.errors import UserError
-from efficient_vdvae_torch.data.loaders import TrainBatchSampler, make_eval_loader, make_train_loader
+from efficient_vdvae_core.evaluation import EvalPlan
+from efficient_vdvae_torch.data.loaders import TrainBatchSampler, make_train_loader, plan_loader
 
 
 def with_batch(config, batch_size):
@@ -60,16 +62,22 @@ def test_batch_must_divide_among_ranks(tiny_config):
 
 
 def test_eval_loader_shards_without_duplicates(tiny_config):
+    """3 processes over a plan of 20 images in global batches of 9: every real image once, padding repeats the last."""
+    val = make_dataset(tiny_config.data, "val", seed=tiny_config.run.seed, n_samples=20)
     names = []
     for rank in range(3):
-        loader = make_eval_loader(tiny_config, "val", rank=rank, world_size=3, batch_size=4, n_samples=20,
-                                  with_names=True, num_workers=0)
-        batches = list(loader)
-        assert [len(b[1]) for b in batches] == ([4, 3] if rank < 2 else [4, 2])
-        assert all(isinstance(b[1], list) and b[0].shape[1:] == (3, 32, 32) for b in batches)
-        names += [n for _, batch_names in batches for n in batch_names]
-    whole = [n for _, batch_names in make_eval_loader(tiny_config, "val", batch_size=8, n_samples=20,
-                                                      with_names=True, num_workers=0) for n in batch_names]
-    assert sorted(names) == sorted(whole) and len(set(whole)) == 20
-    plain = next(iter(make_eval_loader(tiny_config, "test", batch_size=5, num_workers=0)))
+        plan = EvalPlan(len(val), 9, n_shards=3, n_processes=3, process_index=rank)
+        batches = list(plan_loader(tiny_config, val, plan, with_names=True, num_workers=0))
+        assert len(batches) == len(plan) == 3
+        assert all(isinstance(b[1], list) and len(b[1]) == 3 and b[0].shape == (3, 3, 32, 32) for b in batches)
+        for rows, (_, batch_names) in zip(plan, batches):
+            names += [n for n, valid in zip(batch_names, rows.valid) if valid]
+            assert all(n == val.name(19) for n, valid in zip(batch_names, rows.valid) if not valid)
+        assert [rows.n_valid for rows in plan] == [3, 3, [2, 0, 0][rank]]
+    one = EvalPlan(len(val), 8)
+    whole = [n for _, batch_names in plan_loader(tiny_config, val, one, with_names=True, num_workers=0)
+             for n in batch_names][:len(val)]
+    assert sorted(names) == sorted(whole) and len(set(whole)) == 20 and whole == val.names
+    test = make_dataset(tiny_config.data, "test", seed=tiny_config.run.seed)
+    plain = next(iter(plan_loader(tiny_config, test, EvalPlan(len(test), 5), num_workers=0)))
     assert isinstance(plain, torch.Tensor) and plain.shape == (5, 3, 32, 32)
