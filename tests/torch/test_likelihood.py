@@ -10,7 +10,7 @@ from scipy.stats import norm
 from efficient_vdvae_core import iw_nll
 from efficient_vdvae_torch.model import likelihood, losses
 from efficient_vdvae_torch.model.autoencoder import build_model
-from tests.conftest import egs_config
+from tests.conftest import at_step, egs_config
 
 CASES = [  # both heads, both distribution bases, residual posterior on and off
     ("tiny", ()),
@@ -65,7 +65,7 @@ def test_one_sample_is_the_single_sample_elbo_estimate(name, overrides):
     terms = likelihood.importance_terms(model, x, noise, config)
     with torch.no_grad():
         logits, post, prior = model(x, noise=[n[0] for n in noise])
-    objective = losses.vae_objective(logits, x, post, prior, config, step=10 ** 6, batch_size=3)
+    objective = losses.vae_objective(logits, x, post, prior, config, **at_step(10 ** 6, config), batch_size=3)
     assert objective.beta == 1.0 and objective.gamma_weights is None
 
     # log p(x|z) and the KL are the loss's, for the same z

@@ -13,7 +13,6 @@ import torch
 
 from efficient_vdvae_core.original_checkpoints import OriginalCheckpointError, check_adamax
 from efficient_vdvae_torch.model.autoencoder import build_model
-from efficient_vdvae_torch.utils.checkpoint import load_model_state
 from efficient_vdvae_torch.utils.optim import build_optimizer, set_learning_rate
 from efficient_vdvae_torch.utils.original import adamax_state_dict, model_state_dicts, read_original_checkpoint
 from tests.conftest import REPO, egs_config
@@ -39,8 +38,8 @@ def tiny():
 def resume(config, model, checkpoint):
     """Model weights and Adamax state of `checkpoint` loaded as a resumed run loads them."""
     params, ema = model_state_dicts(checkpoint)
-    load_model_state(model, params, checkpoint.source)
-    load_model_state(build_model(config), ema, checkpoint.source)
+    model.load_state_dict(params, strict=True)
+    build_model(config).load_state_dict(ema, strict=True)
     optimizer = build_optimizer(model, config.optimizer)
     optimizer.load_state_dict(adamax_state_dict(optimizer, model, checkpoint))
     return optimizer
