@@ -3,7 +3,8 @@
     clf = fit_digit_classifier(config.data, seed=config.run.seed)   # a few seconds on one core
     generated = classifier_score(clf, samples_uint8)                # (N, 28, 28[, 1]) uint8, 0 = paper
     real = real_score(clf, config.data)                             # the same share for real test digits
-    print(score_line(generated, real, len(samples_uint8), n_real=len(real_images(config.data))))
+    covered = classes_covered(clf, samples_uint8)                   # diversity: digit classes drawn
+    print(score_line(generated, real, len(samples_uint8), n_real=len(real_images(config.data)), n_classes=covered))
 
 The classifier is a small MLP on 7x7 average-pooled pixels (4x4 pixel cells, so stroke shape counts and
 pixel speckle does not), fitted on the embedded digits' train split only, each image binarised a few
@@ -116,9 +117,21 @@ def digit_probabilities(clf, images):
     return probs[:, columns]
 
 
+def recognised_classes(clf, images, threshold=CONFIDENCE):
+    """int (N,) digit class of each image given one with probability >= threshold, else -1."""
+    probs = digit_probabilities(clf, images)
+    return np.where(probs.max(axis=1) >= threshold, probs.argmax(axis=1), -1)
+
+
 def classifier_score(clf, images, threshold=CONFIDENCE):
     """Share of uint8 (N, 28, 28[, 1]) images given one digit class with probability >= threshold."""
-    return float((digit_probabilities(clf, images).max(axis=1) >= threshold).mean())
+    return float((recognised_classes(clf, images, threshold) >= 0).mean())
+
+
+def classes_covered(clf, images, threshold=CONFIDENCE):
+    """How many of the 10 digit classes at least one image is recognised as (1 for a model that draws one digit)."""
+    classes = recognised_classes(clf, images, threshold)
+    return int(np.unique(classes[classes >= 0]).size)
 
 
 def real_images(data_cfg, split="test", n=None):
@@ -134,7 +147,8 @@ def real_score(clf, data_cfg, split="test", n=None, threshold=CONFIDENCE):
     return classifier_score(clf, real_images(data_cfg, split, n), threshold)
 
 
-def score_line(generated, real, n_generated, n_real, threshold=CONFIDENCE):
+def score_line(generated, real, n_generated, n_real, n_classes=None, threshold=CONFIDENCE):
     """One line for the demo's end: the generated and the real share recognised with confidence."""
+    covered = "" if n_classes is None else f", {n_classes} of 10 digit classes among them"
     return (f"Classifier score: {generated:.1%} of {n_generated} prior samples recognised as one digit with "
-            f"probability >= {threshold} (real test digits: {real:.1%} of {n_real})")
+            f"probability >= {threshold}{covered} (real test digits: {real:.1%} of {n_real})")

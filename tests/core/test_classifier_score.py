@@ -45,8 +45,17 @@ def test_threshold_and_line(clf, digits_data):
     images = cs.real_images(digits_data, n=50)
     assert cs.classifier_score(clf, images, threshold=0.0) == 1.0
     assert cs.classifier_score(clf, images, threshold=0.99) <= cs.classifier_score(clf, images)
-    line = cs.score_line(0.5, 0.94, 64, 250)
+    line = cs.score_line(0.5, 0.94, 64, 250, n_classes=7)
     assert line.startswith("Classifier score: 50.0% of 64") and "94.0% of 250" in line and ">= 0.9" in line
+    assert "7 of 10 digit classes" in line and "classes" not in cs.score_line(0.5, 0.94, 64, 250)
+
+
+def test_classes_covered_counts_diversity(clf, digits_data):
+    real = cs.real_images(digits_data)
+    assert cs.classes_covered(clf, real) == 10
+    assert cs.classes_covered(clf, np.repeat(real[:1], 20, axis=0)) <= 1  # one image drawn 20 times
+    classes = cs.recognised_classes(clf, real[:20])
+    assert classes.shape == (20,) and set(classes.tolist()) <= set(range(-1, 10))
 
 
 def test_refuses_what_it_cannot_score(clf):
