@@ -142,7 +142,7 @@ def make_framework(framework, run_dir, out, clf, log=print):
                plot_training_curves(logs / "metrics.jsonl", out / f"{framework}_training_curves.png",
                                     unit="nats/image", title=f"CPU demo, {framework}"),
                plot_div_stats(paths.latents / "div_stats.npy", out / f"{framework}_div_stats.png",
-                              title=f"CPU demo, {framework}: KL per latent layer and variate")]
+                              title=f"CPU demo ({framework}): KL per layer and variate")]
     for path in written:
         log(f"Wrote {path}")
     return scores

@@ -68,18 +68,21 @@ def plot_training_curves(metrics_path, out_png, unit, title=None):
 def plot_div_stats(div_stats, out_png, title=None):
     """PNG heat map of div_stats (N_lat, V): average KL per latent layer (rows) and variate (columns), log colours."""
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import MaxNLocator
     stats = np.asarray(np.load(div_stats) if isinstance(div_stats, (str, Path)) else div_stats, dtype=np.float64)
     if stats.ndim != 2:
         raise ValueError(f"div_stats must be (latent layers, variates); got shape {stats.shape}")
     n_layers, n_variates = stats.shape
-    figure = _figure(min(2 + 0.3 * n_variates, 14), min(1.5 + 0.3 * n_layers, 12))
+    figure = _figure(min(max(5.5, 2.5 + 0.3 * n_variates), 14), min(max(3.5, 1.5 + 0.3 * n_layers), 12))
     ax = figure.subplots()
     clipped = np.clip(stats, DIV_STATS_FLOOR, None)
     image = ax.imshow(clipped, aspect="auto", cmap="viridis", interpolation="nearest",
                       norm=LogNorm(vmin=DIV_STATS_FLOOR, vmax=max(float(clipped.max()), DIV_STATS_FLOOR * 10)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("variate")
     ax.set_ylabel("latent layer (0 = lowest resolution)")
     figure.colorbar(image, ax=ax, label="average KL (bits per latent element)")
-    ax.set_title(title or "div_stats: KL per latent layer and variate")
+    ax.set_title(title or "div_stats: KL per latent layer and variate", fontsize="medium")
     figure.tight_layout()
     return _save(figure, out_png)
