@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+MIN_VIEW_WIDTH = 512  # pixels: enlarged copies of grids are at least this wide, for people to look at
+
 
 def to_uint8(images, binarized=False):
     """Float images (..., H, W, C) in [-1, 1] (or [0, 1] when `binarized`) -> uint8 in [0, 255]."""
@@ -33,3 +35,32 @@ def make_grid(images, ncols=None, pad=2):
         r, col = divmod(i, ncols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
     return grid
+
+
+def grid_of_rows(rows, pad=2):
+    """One uint8 grid with a row per uint8 (N_i, H, W, C) batch, each cut to the shortest batch's length."""
+    n = min(len(r) for r in rows)
+    return make_grid(np.concatenate([np.asarray(r)[:n] for r in rows]), ncols=n, pad=pad)
+
+
+def upscale_factor(width, min_width=MIN_VIEW_WIDTH):
+    """The smallest integer factor (>= 1) that makes an image `width` pixels wide at least `min_width` wide."""
+    return max(1, math.ceil(min_width / width))
+
+
+def upscale_nearest(image, factor):
+    """uint8 (H, W, C) image enlarged `factor` times in each direction by repeating pixels (nearest neighbour)."""
+    image = np.asarray(image)
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def view_path(path, factor):
+    """Name of the enlarged copy of the PNG `path`: <stem>_x<factor>.png beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_x{factor}{path.suffix}")
+
+
+def save_png_with_view(path, image, min_width=MIN_VIEW_WIDTH):
+    """Write `image` at its own size to `path` and enlarged to >= min_width px wide to view_path; both paths."""
+    factor = upscale_factor(np.asarray(image).shape[1], min_width)
+    return save_png(path, image), save_png(view_path(path, factor), upscale_nearest(image, factor))

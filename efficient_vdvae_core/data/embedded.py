@@ -4,8 +4,10 @@
   The crop boxes are fixed (seed 2022): train crops come from the left 3/4 of each photograph,
   val/test crops from the right 1/4, so no held-out pixel is seen in training.
   4000 train, 500 val and 500 test crops.
-* 'embedded_digits': scikit-learn's 1797 8x8 digits (`load_digits`), upscaled (bilinear) to 28x28,
-  as probabilities in [0, 1], served 32x32 like MNIST. Seed-101 held-out set of 500: 250 val, 250 test.
+* 'embedded_digits': scikit-learn's 1797 8x8 digits (`load_digits`, 17 grey levels), upscaled (bicubic)
+  to 28x28 and sharpened by a logistic curve into probabilities that are near 0 or 1 except on stroke
+  edges, as MNIST's are, so a Bernoulli draw is a clean digit rather than speckle; served 32x32 like MNIST.
+  Seed-101 held-out set of 500: 250 val, 250 test. `digit_labels()` gives the class of every image.
 """
 import functools
 
@@ -22,6 +24,8 @@ TRAIN_FRACTION = 0.75   # of each photograph's width, from the left
 MIN_CROP, MAX_CROP = 32, 160  # crop side in photograph pixels
 DIGITS_HELDOUT = 500
 DIGIT_SIZE = 28
+STROKE_LEVEL = 0.5   # upscaled intensity that becomes probability 0.5
+STROKE_SHARPNESS = 20.0  # slope of the logistic curve per unit of intensity
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,12 +84,30 @@ def rgb_part(part, res, channels):
 
 
 @functools.lru_cache(maxsize=1)
-def _digits():
+def _load_digits():
     from sklearn.datasets import load_digits
-    small = load_digits().images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
-    big = [np.asarray(Image.fromarray(d).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR))
-           for d in small]
-    return np.clip(np.stack(big), 0.0, 1.0).astype(np.float32)
+    return load_digits()
+
+
+def stroke_probabilities(intensity):
+    """Intensities in [0, 1] -> probabilities: a logistic curve around STROKE_LEVEL, rescaled to 0 at 0 and 1 at 1."""
+    def curve(v):
+        return 1.0 / (1.0 + np.exp(-STROKE_SHARPNESS * (np.asarray(v, np.float64) - STROKE_LEVEL)))
+    probs = (curve(intensity) - curve(0.0)) / (curve(1.0) - curve(0.0))
+    return np.clip(probs, 0.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits():
+    small = _load_digits().images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    big = np.stack([np.asarray(Image.fromarray(d).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BICUBIC))
+                    for d in small])
+    return stroke_probabilities(big)
+
+
+def digit_labels():
+    """int64 (1797,) class 0-9 of every embedded digit, indexed like the store of `digits_part`."""
+    return _load_digits().target.astype(np.int64)
 
 
 def digits_part(part):

@@ -310,6 +310,17 @@ def test_embedded_digits(tmp_path):
     assert x.dtype == np.float32 and set(np.unique(x)) <= {0.0, 1.0}
 
 
+def test_embedded_digits_are_sharp_strokes_on_blank_paper():
+    curve = embedded.stroke_probabilities(np.array([-0.1, 0.0, embedded.STROKE_LEVEL, 1.0, 1.1]))
+    assert curve.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0], abs=1e-6)
+    digits = embedded._digits()
+    assert digits.shape == (1797, 28, 28) and digits.dtype == np.float32
+    edge = ((digits > 0.05) & (digits < 0.95)).mean()
+    assert (digits == 0).mean() > 0.3 and edge < 0.2  # mostly exactly 0 or near 1
+    labels = embedded.digit_labels()
+    assert labels.shape == (1797,) and set(labels.tolist()) == set(range(10))
+
+
 # --- splits --------------------------------------------------------------------------------------------
 
 def test_splits_are_seeded_and_stable(tmp_path):
