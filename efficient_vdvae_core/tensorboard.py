@@ -93,15 +93,15 @@ class RunLogger:
             self.writers[split] = EventWriter(folder)
         return self.writers[split]
 
-    def scalars(self, split, step, metrics):
-        """Log a dict of tag -> float under `split` and append one JSON line."""
+    def scalars(self, split, step, metrics, label=None):
+        """Log a dict of tag -> float under `split` and append one JSON line (its "split": `label` or `split`)."""
         if not self.enabled:
             return
         for tag, value in metrics.items():
             self._writer(split).scalar(tag, value, step)
         if self.jsonl is None:
             self.jsonl = open(self.paths.logs / "metrics.jsonl", "a", encoding="utf-8")
-        self.jsonl.write(json.dumps({"split": split, "step": step, "time": time.time(), **metrics}) + "\n")
+        self.jsonl.write(json.dumps({"split": label or split, "step": step, "time": time.time(), **metrics}) + "\n")
         self.jsonl.flush()
 
     def histogram(self, split, step, tag, values, bins):

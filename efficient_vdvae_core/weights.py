@@ -10,6 +10,7 @@ from pathlib import Path
 
 from efficient_vdvae_core.config import ConfigError, config_from_dict, is_binarized
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.params import torch_key_order
 
 MODEL_DATA_KEYS = ("channels", "target_res", "num_bits")  # [data] keys the weights depend on
 
@@ -33,17 +34,12 @@ class Weights:
         return {name: tuple(value.shape) for name, value in tree.items()}
 
 
-def _name_order(name):
-    """Sort key of a parameter name: its '.'-separated parts, numbers by value (levels.2 before levels.10)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
-
-
 def shape_mismatch(expected, found):
-    """'' when the {name: shape} dicts agree, else what differs (the first few names of each kind, in name
-    order, so that both frameworks name the same ones)."""
-    missing = sorted((k for k in expected if k not in found), key=_name_order)
-    unexpected = sorted((k for k in found if k not in expected), key=_name_order)
-    mismatched = [f"{k} {tuple(found[k])} vs {tuple(expected[k])}" for k in sorted(expected, key=_name_order)
+    """'' when the {name: shape} dicts agree, else what differs (the first few names of each kind, in the
+    PyTorch model's state_dict order, so that both frameworks name the same ones)."""
+    missing = sorted((k for k in expected if k not in found), key=torch_key_order)
+    unexpected = sorted((k for k in found if k not in expected), key=torch_key_order)
+    mismatched = [f"{k} {tuple(found[k])} vs {tuple(expected[k])}" for k in sorted(expected, key=torch_key_order)
                   if k in found and tuple(found[k]) != tuple(expected[k])]
     parts = []
     if mismatched:

@@ -227,7 +227,7 @@ class TrainingRun:
 
     def evaluate_train_batch(self):
         """Metrics and details of the last training batch (raw weights, its own noise), for the train writer."""
-        n_local = int(self.last_batch.shape[0])  # this process's rows (NCHW tensor or NHWC array)
+        n_local = len(self.last_batch)  # this process's rows (a tensor or array: its first axis)
         start = self.dist.process_index * n_local
         rows = EvalRows(index=0, start=0, images=np.arange(start, start + n_local), valid=np.ones(n_local, bool),
                         stop=start + n_local)
@@ -237,10 +237,10 @@ class TrainingRun:
         acc.add(out, rows.valid)
         return acc.result(self.backend.all_reduce_sum, self.config.metrics.latent_active_threshold), out
 
-    def log_evaluated_batch(self, split, out, n, metrics=None):
-        """TensorBoard of one evaluated batch: scalars (if given), histograms, input and output grids."""
+    def log_evaluated_batch(self, split, out, n, metrics=None, label=None):
+        """TensorBoard of one evaluated batch: scalars (if given; JSON lines labelled `label`), histograms, grids."""
         if metrics is not None:
-            self.logger.scalars(split, self.step, metrics)
+            self.logger.scalars(split, self.step, metrics, label=label)
         for tag, values, bins in tags.evaluation_histograms(out, n):
             self.logger.histogram(split, self.step, tag, values, bins)
         targets = images_to_uint8(out.inputs[:n], self.config)
@@ -262,7 +262,7 @@ class TrainingRun:
             n = min(grid_images(), rows.n_valid)
             targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics))
             self.log_evaluated_batch("train", train_out, min(grid_images(), len(train_out.ssim)),
-                                     {tags.SSIM: train_metrics["ssim"]})
+                                     {tags.SSIM: train_metrics["ssim"]}, label="train_batch")
             for tag, values, bins in histograms:
                 self.logger.histogram("train", self.step, tag, values, bins)
             prior_u8 = images_to_uint8(prior, self.config)

@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,7 @@ from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, Checkp
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.metrics import effective_pixels
 from efficient_vdvae_core.runs import atomic_write_text, run_paths
+from efficient_vdvae_core.randomness import EVALUATION
 from efficient_vdvae_core.schedules import is_skipped
 from efficient_vdvae_core.training import loop
 from efficient_vdvae_core.training.backend import Dist, EvalOutput, StepOutput
@@ -60,6 +62,9 @@ class FakeCodec:
     def extra_candidates(self, directory):
         return []
 
+    def owns(self, path):
+        return Path(path).suffix == self.suffix
+
 
 class FakeBackend:
     """A TrainBackend whose weights `w` count the applied updates; gradient norms come from `grad_norm(step)`."""
@@ -84,11 +89,11 @@ class FakeBackend:
         self.start_steps.append(start_step)
         step = start_step
         while True:
-            yield step
+            yield [step] * self.config.train.batch_size  # a batch of rows, each naming its step
             step += 1
 
     def train_step(self, batch, values):
-        assert batch == values.step
+        assert batch[0] == values.step
         norm = self.grad_norm(values.step)
         skipped = is_skipped(norm, values.skip_threshold)
         if not skipped:
@@ -100,8 +105,8 @@ class FakeBackend:
         for rows in plan:
             yield rows.images
 
-    def evaluate(self, batch, rows, counter, details):
-        if rows.index == 0:
+    def evaluate(self, batch, rows, counter, details, purpose=EVALUATION):
+        if rows.index == 0 and purpose == EVALUATION:
             self.evaluated.append(counter)
         b, res, channels = len(rows.images), self.config.data.target_res, self.config.data.channels
         images = np.zeros((b, res, res, channels), np.float32) if details else None
@@ -109,6 +114,9 @@ class FakeBackend:
         return EvalOutput(recon_nats=np.full(b, 3000.0), kl_nats=np.full(b, 30.0),
                           kl_per_layer_bits=np.full((b, self.n_layers), 0.5), ssim=np.full(b, 0.25),
                           inputs=images, samples=images, histograms=histograms)
+
+    def parameters_and_gradients(self):
+        return {"w.weight": (self.w.copy(), np.ones_like(self.w))}
 
     def prior_samples(self, n, counter):
         res, channels = self.config.data.target_res, self.config.data.channels
