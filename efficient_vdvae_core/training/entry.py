@@ -70,6 +70,17 @@ class _Suffix:
         self.suffix = framework.checkpoint_suffix
 
 
+def _wait_for_the_main_process(framework, main):
+    """A barrier after the main process's checks; a main process that failed them exits without it, and then
+    the others end with exit code 2 and no message (run_main prints none in them), or are stopped by the launcher."""
+    try:
+        framework.barrier()
+    except Exception:  # the collective fails when the main process has gone
+        if main:
+            raise
+        raise UserError("the main process stopped before training; its message says why") from None
+
+
 def train_main(args, framework):
     """Lock the run, check its config and data before the main process saves the config, train."""
     given, _ = load_config(args.config, args.overrides)
@@ -88,7 +99,7 @@ def train_main(args, framework):
             if main:
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check,
                                                    verbose=getattr(args, "verbose", False))
-            framework.barrier()  # a main process that failed above exits without it, and the launcher stops the others
+            _wait_for_the_main_process(framework, main)
             if not main:  # reads the copy the main process saved; never writes
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
                                                    log=lambda *a, **k: None)
@@ -99,8 +110,11 @@ def train_main(args, framework):
                 run_training(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
             except StopRun as stop:  # SIGTERM or Ctrl-C: checkpoint written, lock released below
                 code = stop.code
-    finally:
-        framework.shutdown()
+    except BaseException:
+        if dist.n_processes == 1:  # several: no shutdown barrier, which a process that failed alone would wait at
+            framework.shutdown()  # (or pass a failed main process's first barrier); the launcher stops the others
+        raise
+    framework.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     if dist.n_processes > 1:
