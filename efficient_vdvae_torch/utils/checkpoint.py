@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from efficient_vdvae_core import checkpoint_formats
-from efficient_vdvae_core.checkpoints import (CHECKSUM_KEY, Checkpoint, CheckpointError, as_checkpoint, original_candidates,
-                                              payload_checksum, verify_checksum)
+from efficient_vdvae_core.checkpoints import (PART_CHECKSUMS_KEY, Checkpoint, CheckpointError, as_checkpoint,
+                                              original_candidates, part_checksums, verify_checksum)
 from efficient_vdvae_core.original_checkpoints import file_kind, parse_original_torch, read_original_jax
 from efficient_vdvae_core.runs import fsync_dir
 from efficient_vdvae_core.weights import Weights
@@ -41,6 +41,11 @@ def named_tensors(tree, prefix=""):
     elif isinstance(tree, (list, tuple)):
         for i, value in enumerate(tree):
             yield from named_tensors(value, f"{prefix}/{i}")
+
+
+def state_parts(state):
+    """{part: (name, NumPy array) pairs} of the weights, EMA weights and optimizer state present: what checksums cover."""
+    return {key: list(named_tensors(state[key])) for key in STATE_KEYS if state.get(key) is not None}
 
 
 def read_checkpoint(path, map_location="cpu"):
@@ -156,7 +161,7 @@ class TorchCodec:
 
     def write(self, path, checkpoint):
         path = Path(path)
-        checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_tensors(checkpoint.state))
+        checkpoint.meta[PART_CHECKSUMS_KEY] = part_checksums(state_parts(checkpoint.state))
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -180,7 +185,9 @@ class TorchCodec:
             return as_checkpoint(parse_original_torch(state, path))
         meta = {k: v for k, v in state.items() if k not in STATE_KEYS}
         payload = {k: state[k] for k in STATE_KEYS if state.get(k) is not None}
-        verify_checksum(path, meta, named_tensors(payload))
+        if not isinstance(payload.get("optimizer_state_dict"), dict):
+            raise CheckpointError(f"{path}: not a training checkpoint of this code (no optimizer state to resume with)")
+        verify_checksum(path, meta, state_parts(payload), whole=lambda: named_tensors(payload))
         return Checkpoint(meta=meta, state=payload)
 
     def is_temporary(self, name):
@@ -232,6 +239,8 @@ def read_pt_weights(path):
     """Weights (NumPy, PyTorch layout) of a PyTorch checkpoint file, ours or the original's."""
     state = read_checkpoint(path)
     original = is_original_format(state)
+    weights = {k: state[k] for k in STATE_KEYS[:2] if state.get(k) is not None}
+    verify_checksum(path, state, state_parts(weights))  # the parts read; the optimizer state is not
 
     def numpy(state_dict):
         return None if state_dict is None else {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
