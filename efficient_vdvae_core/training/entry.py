@@ -8,10 +8,12 @@ import contextlib
 import os
 import sys
 
+from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import CheckpointError, CheckpointFolder
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.memory import check_fits_memory, training_memory
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
 from efficient_vdvae_core.training.loop import run_training
 from efficient_vdvae_core.training.preemption import StopRun
@@ -21,7 +23,8 @@ from efficient_vdvae_core.weights import check_fits
 def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     """Refuse, before anything of the run is written, options, data and weights that cannot work.
 
-    The batch must split over the replicas; the train and validation splits must open (a missing or
+    The batch must split over the replicas; one training step must fit the memory of a replica (the floor
+    of `efficient_vdvae_core.memory`: parameters and activations); the train and validation splits must open (a missing or
     empty folder, a file that is not an image, too few images: one line naming the key and the path;
     the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
     files' headers are checked here); the newest readable checkpoint of the run, or for a run without
@@ -31,6 +34,9 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     if config.train.batch_size % dist.n_shards:
         raise UserError(f"[train] batch_size = {config.train.batch_size} is not divisible by the {dist.n_shards} "
                         f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")
+    estimate = training_memory(config, build_architecture(config.model, config.data),
+                               config.train.batch_size // dist.n_shards)
+    check_fits_memory(estimate, *framework.memory_available(dist))
     data = config.data
     if data.dataset_source == "imagenet" and not data.decoded_cache:
         check_files(data, "train")  # the .npz batches are loaded into memory when the split is opened
