@@ -43,8 +43,8 @@ def sniff(path):
             return "pt", "a PyTorch zip archive"
         return None, "a zip archive that is neither a PyTorch checkpoint nor a NumPy .npz"
     kind = file_kind(path)
-    if kind == "torch" or path.suffix == ".pt":
-        return "pt", "a PyTorch file"  # the torch reader says what is wrong with a damaged one
+    if kind in ("torch", "pickle") or path.suffix == ".pt":
+        return "pt", "a PyTorch file"  # the torch reader says what is wrong with a damaged one or a pickle
     if kind == "msgpack":
         return "msgpack", "a msgpack file (the original JAX code's format)"
     return None, "a file in none of the checkpoint formats (truncated, or not a checkpoint)"

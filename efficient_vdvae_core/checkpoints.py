@@ -66,7 +66,8 @@ class Codec(Protocol):
         """True for a numbered entry this codec wrote (only those are pruned)."""
 
 
-CHECKSUM_KEY = "payload_sha256"  # meta key of the checksum of a checkpoint's arrays
+CHECKSUM_KEY = "payload_sha256"  # meta key of the checksum of all arrays (the first checkpoints with checksums)
+PART_CHECKSUMS_KEY = "part_sha256"  # meta key of {part: checksum of its arrays}, e.g. weights, EMA, optimizer
 
 
 def payload_checksum(named_arrays):
@@ -79,12 +80,27 @@ def payload_checksum(named_arrays):
     return digest.hexdigest()
 
 
-def verify_checksum(path, meta, named_arrays):
-    """CheckpointError when the stored checksum of `meta` does not match the arrays read (a checkpoint without one passes)."""
+def part_checksums(parts):
+    """{part: payload_checksum} of {part: (name, array) pairs}: stored in the meta, each part verifiable alone."""
+    return {part: payload_checksum(named_arrays) for part, named_arrays in parts.items()}
+
+
+def verify_checksum(path, meta, parts, whole=None):
+    """CheckpointError when a checksum stored in `meta` does not match the arrays read.
+
+    `parts`: {part: (name, array) pairs} of the parts read, each checked against its stored checksum;
+    `whole()`: every array of the checkpoint, for a checkpoint with one checksum of the whole payload (the
+    first ones written with checksums). A checkpoint written without checksums passes.
+    """
+    stored_parts = meta.get(PART_CHECKSUMS_KEY) or {}
+    changed = [part for part, arrays in parts.items()
+               if part in stored_parts and payload_checksum(arrays) != stored_parts[part]]
     stored = meta.get(CHECKSUM_KEY)
-    if stored is not None and payload_checksum(named_arrays) != stored:
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch: its arrays changed after it was "
-                              "written, e.g. a flipped bit on disk)")
+    if whole is not None and stored is not None and payload_checksum(whole()) != stored:
+        changed.append("payload")
+    if changed:
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch of {', '.join(changed)}: its arrays "
+                              "changed after it was written, e.g. a flipped bit on disk)")
 
 
 def os_error_reason(exc):

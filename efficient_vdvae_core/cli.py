@@ -1,10 +1,18 @@
 """Command-line plumbing shared by the entry points: common arguments and one-line user errors."""
 import argparse
+import errno
 import inspect
+import os
+import re
+import signal
 import sys
 
+from efficient_vdvae_core.checkpoints import DISK_ERRNOS, os_error_reason
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.synthesis.common import ENCODING_SPLITS
+from efficient_vdvae_core.training.preemption import EXIT_INTERRUPTED
+
+WRITE_ERRNOS = DISK_ERRNOS | {errno.EACCES, errno.EPERM}  # OSErrors reported in one line: the disk or permissions
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -56,9 +64,13 @@ def build_synthesis_parser(description, checkpoint_help):
 def run_main(main, argv=None, parser=None):
     """Parse `argv` (default sys.argv[1:]) and return `main(args)`.
 
-    A UserError (bad config, bad argument, missing run) becomes `error: <message>` on stderr and
-    exit code 2, Ctrl-C becomes exit code 130, both without a traceback; other exceptions propagate.
-    `parser` defaults to `build_parser` with the first line of main's docstring as description.
+    A UserError (bad config, bad argument, missing run) becomes `error: <message>` on stderr and exit
+    code 2, and so does an OSError of the disk or of permissions (a full disk, a read-only folder);
+    Ctrl-C becomes exit code 130, a closed stdout (`... | head`) a silent exit code 141, all without a
+    traceback; other exceptions propagate. Processes other than the first of a multi-process job
+    (torchrun's RANK, JAX_PROCESS_ID, SLURM_PROCID...) exit with the same codes without printing the line,
+    which the first process prints. `parser` defaults to `build_parser` with the first line of main's
+    docstring as description.
     """
     if parser is None:
         doc = inspect.getdoc(main)
@@ -66,9 +78,49 @@ def run_main(main, argv=None, parser=None):
     try:
         return main(parser.parse_args(argv))
     except UserError as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        message, code = user_message(exc), 2
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            message, code = None, EXIT_BROKEN_PIPE
+            _silence_stdout()
+        elif exc.errno in WRITE_ERRNOS:
+            message, code = f"{exc.filename + ': ' if exc.filename else ''}{os_error_reason(exc)}; check the " \
+                            "folder's permissions and free space, then run the same command again", 2
+        else:
+            raise
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        message, code = "interrupted", EXIT_INTERRUPTED
+    # here, outside the except clauses: no exception (nor its frames, e.g. of a data loader) outlives the exit
+    if message is not None and not is_secondary_process():
+        print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the code of a process killed by SIGPIPE, as `yes | head` gives
+PROCESS_INDEX_VARIABLES = ("RANK", "JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+
+
+def is_secondary_process():
+    """True in a process of a multi-process job other than the first (by the launcher's environment)."""
+    return any(os.environ.get(name, "0").strip() not in ("", "0") for name in PROCESS_INDEX_VARIABLES)
+
+
+def user_message(exc):
+    """The message of a UserError on one line; for one raised in a torch DataLoader worker, the original message
+    without the worker's traceback that torch puts around it."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback (most recent call last):" in text:
+        lines = text.splitlines()
+        last_frame = max(i for i, line in enumerate(lines) if line.startswith("  "))
+        text = "\n".join(lines[last_frame + 1:])
+        text = re.sub(rf"^[\w.]*{re.escape(type(exc).__name__)}: ", "", text)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -9,10 +9,13 @@ MIN_VIEW_WIDTH = 512  # pixels: enlarged copies of grids are at least this wide,
 
 
 def to_uint8(images, binarized=False):
-    """Float images (..., H, W, C) in [-1, 1] (or [0, 1] when `binarized`) -> uint8 in [0, 255]."""
+    """Float images (..., H, W, C) in [-1, 1] (or [0, 1] when `binarized`) -> uint8 in [0, 255].
+
+    Values outside the range are clipped; NaN pixels (a diverged model) become 0, without a warning.
+    """
     images = np.asarray(images, dtype=np.float32)
     scaled = images * 255.0 if binarized else images * 127.5 + 127.5
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return np.nan_to_num(np.clip(np.round(scaled), 0, 255), nan=0.0).astype(np.uint8)
 
 
 def save_png(path, image):

@@ -70,7 +70,8 @@ class OriginalCheckpoint:
 
 
 def file_kind(path):
-    """'torch' for a torch.save zip archive, 'msgpack' for a msgpack map (flax), None for anything else."""
+    """'torch' for a torch.save zip archive, 'pickle' for a Python pickle (torch's legacy format, or any pickle),
+    'msgpack' for a msgpack map (flax), None for anything else."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -78,6 +79,8 @@ def file_kind(path):
         return None
     if head == _ZIP_MAGIC:
         return "torch"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO 2..5; as msgpack: an empty map, then junk
+        return "pickle"
     if head and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return "msgpack"
     return None

@@ -10,17 +10,23 @@
 `logs-<name>/` plus `metrics.jsonl`.
 
 The files are the same `events.out.tfevents.*` records that `torch.utils.tensorboard.SummaryWriter` and
-TensorFlow write, readable by TensorBoard and `event_accumulator.EventAccumulator`.
+TensorFlow write, readable by TensorBoard and `event_accumulator.EventAccumulator`, but written in the
+calling thread: a full disk is an OSError of the call (the training loop stops in one line), never a
+traceback of a writer thread.
 """
 import io
+import itertools
 import json
+import os
+import socket
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 def histogram_proto(values, bins):
@@ -48,15 +54,77 @@ def image_proto(image):
     return Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=buffer.getvalue())
 
 
+class EventFile:
+    """A log file appended to synchronously: an OSError (a full disk) is raised to the caller, naming the file.
+
+    A new `events.out.tfevents.*` file (or the file `name`, appended to when it exists) is opened at the first
+    write; if nothing could be written to a file created then, it is deleted again, so a run stopped by a
+    full disk leaves no empty files behind, however often it is started again.
+    """
+
+    def __init__(self, logdir, name=None):
+        self.logdir = Path(logdir)
+        self.name = name
+        self._created = False
+        self.path = None
+        self._fd = None
+        self._written = 0  # bytes of complete records in the file
+
+    @property
+    def is_open(self):
+        return self._fd is not None
+
+    def write(self, data):
+        """Append `data` (complete records); the first write creates the file."""
+        if self._fd is None:
+            self._create()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            if self._written == 0 and self._created:
+                self.close()
+                self.path.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+        self._written += len(data)
+
+    def _create(self):
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        name = self.name or (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                             f"{next(_FILE_IDS)}")
+        self.path, self._written = self.logdir / name, 0
+        self._created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+
+    def flush(self):
+        """Records go to the operating system as they are written: nothing is held here."""
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+_FILE_IDS = itertools.count()
+
+
 class EventWriter:
-    """Scalars, histograms and images of one TensorBoard run folder."""
+    """Scalars, histograms and images of one TensorBoard run folder (an EventFile opened at the first record)."""
 
     def __init__(self, logdir):
         self.logdir = str(logdir)
-        self._writer = EventFileWriter(self.logdir)
+        self._file = EventFile(logdir)
 
     def _add(self, step, value):
-        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=[value])))
+        events = [Event(wall_time=time.time(), step=int(step), summary=Summary(value=[value]))]
+        if not self._file.is_open:  # a new file starts with its version record, written with its first event
+            events.insert(0, Event(wall_time=time.time(), file_version="brain.Event:2"))
+        buffer = io.BytesIO()
+        records = RecordWriter(buffer)
+        for event in events:
+            records.write(event.SerializeToString())
+        self._file.write(buffer.getvalue())
 
     def scalar(self, tag, value, step):
         self._add(step, Summary.Value(tag=tag, simple_value=float(value)))
@@ -69,10 +137,10 @@ class EventWriter:
         self._add(step, Summary.Value(tag=tag, image=image_proto(image)))
 
     def flush(self):
-        self._writer.flush()
+        self._file.flush()
 
     def close(self):
-        self._writer.close()
+        self._file.close()
 
 
 class RunLogger:
@@ -100,9 +168,8 @@ class RunLogger:
         for tag, value in metrics.items():
             self._writer(split).scalar(tag, value, step)
         if self.jsonl is None:
-            self.jsonl = open(self.paths.logs / "metrics.jsonl", "a", encoding="utf-8")
-        self.jsonl.write(json.dumps({"split": label or split, "step": step, "time": time.time(), **metrics}) + "\n")
-        self.jsonl.flush()
+            self.jsonl = EventFile(self.paths.logs, name="metrics.jsonl")
+        self.jsonl.write((json.dumps({"split": label or split, "step": step, "time": time.time(), **metrics}) + "\n").encode())
 
     def histogram(self, split, step, tag, values, bins):
         if self.enabled:

@@ -2,6 +2,7 @@
 import jax
 
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.memory import host_memory_available
 from efficient_vdvae_core.training.backend import Dist
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import read_weights  # noqa: F401  (a Framework function)
@@ -25,6 +26,16 @@ def init_distributed(config):
     n_devices = len(jax.devices())
     return Dist(process_index=jax.process_index(), n_processes=jax.process_count(), n_shards=n_devices,
                 description=f"{n_devices} device(s) ({jax.devices()[0].platform}) in {jax.process_count()} process(es)")
+
+
+def memory_available(dist):
+    """(free bytes, where, replicas sharing them) of this process's first device: a GPU's memory pool, or the RAM
+    of the machine for CPU devices (all of this process's devices share it)."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{device.platform} device {device.id}", 1
+    return host_memory_available(), "this machine's RAM", jax.local_device_count()
 
 
 def shutdown():

@@ -1,9 +1,11 @@
 """What the core drivers call in PyTorch: processes and devices, model shapes, weights, the backends."""
+import os
 from dataclasses import dataclass
 
 import torch
 
 from efficient_vdvae_core.architecture import build_architecture
+from efficient_vdvae_core.memory import host_memory_available
 from efficient_vdvae_core.training.backend import Dist
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.utils import distributed
@@ -34,6 +36,14 @@ def shutdown():
 
 def check_options(config):
     """Every option of the config works in PyTorch."""
+
+
+def memory_available(dist):
+    """(free bytes, where, replicas sharing them) of this process's device: its GPU, or the RAM of its machine."""
+    if dist.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dist.device)
+        return free, f"GPU {dist.device}", 1
+    return host_memory_available(), "this machine's RAM", int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def param_shapes(config):

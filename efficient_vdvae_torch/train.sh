@@ -1,5 +1,7 @@
 #!/bin/sh
-# Launch PyTorch training with torchrun: one process per GPU (or one CPU process without GPUs).
+# Launch PyTorch training with torchrun (through launch.py, which ends with the training processes' exit
+# code: 2 for a refused input, 143 / 130 after a clean stop on SIGTERM / Ctrl-C): one process per GPU
+# (or one CPU process without GPUs).
 #   sh train.sh [--config PATH] [--set section.key=value ...]
 # Multi-node: pass torchrun's rendezvous options through TORCHRUN_ARGS, e.g.
 #   TORCHRUN_ARGS="--nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=host0:29500" sh train.sh
@@ -10,5 +12,5 @@ if [ -z "${NUM_GPUS_PER_NODE:-}" ]; then
 fi
 export NCCL_LL_THRESHOLD="${NCCL_LL_THRESHOLD:-0}"
 # shellcheck disable=SC2086
-exec "${PYTHON:-python}" -m torch.distributed.run ${TORCHRUN_ARGS:---standalone --nnodes=1} \
+exec "${PYTHON:-python}" "$here/launch.py" ${TORCHRUN_ARGS:---standalone --nnodes=1} \
   --nproc_per_node="$NUM_GPUS_PER_NODE" "$here/train.py" "$@"

@@ -54,6 +54,7 @@ class Framework(Protocol):
     def check_options(self, config) -> None: ...  # UserError for options this framework cannot honour
     def param_shapes(self, config) -> dict: ...  # {torch state_dict name: shape} of the model, nothing allocated
     def read_weights(self, path) -> Any: ...  # efficient_vdvae_core.weights.Weights of any checkpoint
+    def memory_available(self, dist) -> tuple: ...  # (free bytes or None, where, replicas sharing them)
     def trainer(self, config, dist, log) -> "TrainBackend": ...
 
 

@@ -8,10 +8,12 @@ import contextlib
 import os
 import sys
 
+from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import CheckpointError, CheckpointFolder
 from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.memory import check_fits_memory, training_memory
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
 from efficient_vdvae_core.training.loop import run_training
 from efficient_vdvae_core.training.preemption import StopRun
@@ -21,7 +23,8 @@ from efficient_vdvae_core.weights import check_fits
 def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     """Refuse, before anything of the run is written, options, data and weights that cannot work.
 
-    The batch must split over the replicas; the train and validation splits must open (a missing or
+    The batch must split over the replicas; one training step must fit the memory of a replica (the floor
+    of `efficient_vdvae_core.memory`: parameters and activations); the train and validation splits must open (a missing or
     empty folder, a file that is not an image, too few images: one line naming the key and the path;
     the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
     files' headers are checked here); the newest readable checkpoint of the run, or for a run without
@@ -31,6 +34,9 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     if config.train.batch_size % dist.n_shards:
         raise UserError(f"[train] batch_size = {config.train.batch_size} is not divisible by the {dist.n_shards} "
                         f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")
+    estimate = training_memory(config, build_architecture(config.model, config.data),
+                               config.train.batch_size // dist.n_shards)
+    check_fits_memory(estimate, *framework.memory_available(dist))
     data = config.data
     if data.dataset_source == "imagenet" and not data.decoded_cache:
         check_files(data, "train")  # the .npz batches are loaded into memory when the split is opened
@@ -70,6 +76,17 @@ class _Suffix:
         self.suffix = framework.checkpoint_suffix
 
 
+def _wait_for_the_main_process(framework, main):
+    """A barrier after the main process's checks; a main process that failed them exits without it, and then
+    the others end with exit code 2 and no message (run_main prints none in them), or are stopped by the launcher."""
+    try:
+        framework.barrier()
+    except Exception:  # the collective fails when the main process has gone
+        if main:
+            raise
+        raise UserError("the main process stopped before training; its message says why") from None
+
+
 def train_main(args, framework):
     """Lock the run, check its config and data before the main process saves the config, train."""
     given, _ = load_config(args.config, args.overrides)
@@ -88,7 +105,7 @@ def train_main(args, framework):
             if main:
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check,
                                                    verbose=getattr(args, "verbose", False))
-            framework.barrier()  # a main process that failed above exits without it, and the launcher stops the others
+            _wait_for_the_main_process(framework, main)
             if not main:  # reads the copy the main process saved; never writes
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
                                                    log=lambda *a, **k: None)
@@ -99,8 +116,11 @@ def train_main(args, framework):
                 run_training(config, paths, framework, dist, init_checkpoint=args.from_checkpoint)
             except StopRun as stop:  # SIGTERM or Ctrl-C: checkpoint written, lock released below
                 code = stop.code
-    finally:
-        framework.shutdown()
+    except BaseException:
+        if dist.n_processes == 1:  # several: no shutdown barrier, which a process that failed alone would wait at
+            framework.shutdown()  # (or pass a failed main process's first barrier); the launcher stops the others
+        raise
+    framework.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     if dist.n_processes > 1:

@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from efficient_vdvae_core import checkpoint_formats
-from efficient_vdvae_core.checkpoints import (CHECKSUM_KEY, Checkpoint, CheckpointError, as_checkpoint, original_candidates,
-                                              payload_checksum, verify_checksum)
+from efficient_vdvae_core.checkpoints import (PART_CHECKSUMS_KEY, Checkpoint, CheckpointError, as_checkpoint,
+                                              original_candidates, part_checksums, verify_checksum)
 from efficient_vdvae_core.weights import Weights
 from efficient_vdvae_jax.utils.torch_files import read_torch_file
 
@@ -27,8 +27,9 @@ def _checkpointer():
 
 
 def _reason(exc):
-    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return text
+    """The first line of an Orbax / TensorStore error, without the pointer to TensorStore's details."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". See full TensorStore details", 1)[0][:200]
 
 
 def named_leaves(tree):
@@ -38,6 +39,11 @@ def named_leaves(tree):
             return np.asarray(leaf.addressable_data(0))
         return np.asarray(jax.device_get(leaf))
     return [(jax.tree_util.keystr(path), host(leaf)) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def state_parts(state):
+    """{part: (key path, NumPy array) pairs} of a state dict's parts (params, ema, opt_state): what checksums cover."""
+    return {part: named_leaves(tree) for part, tree in state.items()}
 
 
 def abstract_like(tree):
@@ -59,7 +65,7 @@ class OrbaxCodec:
         self.target = target
 
     def write(self, path, checkpoint):
-        checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_leaves(checkpoint.state))
+        checkpoint.meta[PART_CHECKSUMS_KEY] = part_checksums(state_parts(checkpoint.state))
         _checkpointer().save(Path(path).absolute(), args=ocp.args.Composite(
             state=ocp.args.StandardSave(checkpoint.state), meta=ocp.args.JsonSave(checkpoint.meta)), force=True)
 
@@ -75,7 +81,8 @@ class OrbaxCodec:
                 state=ocp.args.StandardRestore(self.target), meta=ocp.args.JsonRestore()))
         except Exception as exc:  # a truncated or foreign folder
             raise CheckpointError(f"{path}: unreadable checkpoint ({_reason(exc)})") from None
-        verify_checksum(path, restored["meta"], named_leaves(restored["state"]))
+        verify_checksum(path, restored["meta"], state_parts(restored["state"]),
+                        whole=lambda: named_leaves(restored["state"]))
         return Checkpoint(meta=restored["meta"], state=restored["state"])
 
     def is_temporary(self, name):
@@ -131,6 +138,7 @@ def read_orbax_weights(folder):
         restored = _checkpointer().restore(Path(folder).absolute(), args=ocp.args.Composite(state=state))["state"]
     except Exception as exc:  # a truncated or foreign folder
         raise CheckpointError(f"{folder}: unreadable checkpoint ({_reason(exc)})") from None
+    verify_checksum(folder, meta, state_parts(restored))  # the parts read; the optimizer state is not
     to_torch = (lambda tree: jax_params_to_torch_state_dict(jax.tree.map(jax.device_get, tree)))
     return Weights(params=to_torch(restored["params"]), ema=to_torch(restored["ema"]), step=int(meta["step"]),
                    config_dict=meta["config"], source=Path(folder), kind="jax")

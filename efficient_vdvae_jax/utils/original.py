@@ -19,7 +19,7 @@ from efficient_vdvae_jax.utils.torch_files import load_torch_file
 
 def read_original_checkpoint(path):
     """OriginalCheckpoint of an original checkpoint file: JAX (`checkpoint_<N>`) or PyTorch (`checkpoints-<name>`)."""
-    if file_kind(path) != "torch":
+    if file_kind(path) == "msgpack":
         return read_original_jax(path)
     state = load_torch_file(path)
     if "format_version" in state:

@@ -5,6 +5,8 @@ in `efficient_vdvae_core.data.stream`; rank r of W takes the elements r, r + W, 
 So the union over ranks equals the one-process batch, any number of workers gives the same tensors, and
 resuming at a step continues the same stream. Batches are float32 NCHW tensors.
 """
+import atexit
+import multiprocessing
 import os
 import signal
 
@@ -41,9 +43,21 @@ class TorchImages(Dataset):
         return (image, self.images.name(index)) if self.with_names else image
 
 
+_MAIN_EXITING = multiprocessing.RawValue("b", 0)  # shared with the workers forked later: 1 once this process exits
+atexit.register(setattr, _MAIN_EXITING, "value", 1)  # runs before multiprocessing's exit hook, registered earlier
+
+
+def _on_sigterm_in_worker(signum, frame):
+    """SIGTERM in a loader worker: ignored while the main process runs (a scheduler's SIGTERM reaches every
+    process of the job; the main process stops cleanly and ends its workers), obeyed once it exits (the
+    SIGTERM of multiprocessing's exit hook, which would otherwise wait for this worker for ever)."""
+    if _MAIN_EXITING.value:
+        os._exit(0)
+
+
 def ignore_stop_signals(worker_id):
     """A loader worker leaves SIGTERM and Ctrl-C to the main process, which stops cleanly (the workers end with it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm_in_worker)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

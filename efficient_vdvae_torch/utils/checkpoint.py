@@ -9,6 +9,8 @@ original code (keys `global_step`, `model_state_dict`, `ema_model_state_dict`, .
 is recognised; numbering, fall-back, pruning and the write-failure policy are `efficient_vdvae_core.checkpoints`.
 """
 import os
+import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -17,8 +19,8 @@ from pathlib import Path
 import torch
 
 from efficient_vdvae_core import checkpoint_formats
-from efficient_vdvae_core.checkpoints import (CHECKSUM_KEY, Checkpoint, CheckpointError, as_checkpoint, original_candidates,
-                                              payload_checksum, verify_checksum)
+from efficient_vdvae_core.checkpoints import (PART_CHECKSUMS_KEY, Checkpoint, CheckpointError, as_checkpoint,
+                                              original_candidates, part_checksums, verify_checksum)
 from efficient_vdvae_core.original_checkpoints import file_kind, parse_original_torch, read_original_jax
 from efficient_vdvae_core.runs import fsync_dir
 from efficient_vdvae_core.weights import Weights
@@ -26,6 +28,7 @@ from efficient_vdvae_core.weights import Weights
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict")
 STATE_KEYS = ("model_state_dict", "ema_model_state_dict", "optimizer_state_dict")
 _TEMPORARY = re.compile(r"^\.checkpoint_\d+\.pt\.tmp-\d+$")
+MAX_PICKLE_SCAN = 64 << 20  # bytes of a plain pickle read to name what it would import
 
 
 def named_tensors(tree, prefix=""):
@@ -40,6 +43,11 @@ def named_tensors(tree, prefix=""):
             yield from named_tensors(value, f"{prefix}/{i}")
 
 
+def state_parts(state):
+    """{part: (name, NumPy array) pairs} of the weights, EMA weights and optimizer state present: what checksums cover."""
+    return {key: list(named_tensors(state[key])) for key in STATE_KEYS if state.get(key) is not None}
+
+
 def read_checkpoint(path, map_location="cpu"):
     """The dict of one checkpoint file (ours or the original's); CheckpointError names an unreadable file."""
     try:
@@ -48,11 +56,79 @@ def read_checkpoint(path, map_location="cpu"):
             state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # truncated zip, pickle error, wrong file type...
-        raise CheckpointError(f"{path}: unreadable checkpoint ({_unreadable_reason(path, exc)})") from None
-    if not isinstance(state, dict) or "model_state_dict" not in state:
-        raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint (no 'model_state_dict')")
+    except Exception as exc:  # truncated zip, pickle error, wrong file type, pickled code...
+        raise _load_error(path, exc) from None
+    problem = _structure_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: not an Efficient-VDVAE checkpoint ({problem})")
     return state
+
+
+def _structure_problem(state):
+    """Why a loaded object is not a checkpoint dict (model weights as a dict of tensors, a whole-number step), or ''."""
+    if not isinstance(state, dict):
+        return f"it holds {_describe(state)}, not a dict"
+    if "model_state_dict" not in state:
+        keys = ", ".join(map(str, list(state)[:4])) + (", ..." if len(state) > 4 else "")
+        return f"no 'model_state_dict'; its keys: {keys or 'none'}"
+    for key in ("model_state_dict", "ema_model_state_dict"):
+        value = state.get(key)
+        if value is None and key != "model_state_dict":
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in value.items()):
+            return f"'{key}' is {_describe(value)}, not a dict of named tensors"
+    for key in ("step", "global_step", "skips", "consecutive_skips"):
+        if key in state and (isinstance(state[key], bool) or not isinstance(state[key], int)):
+            return f"'{key}' is {_describe(state[key])}, not a whole number"
+    return ""
+
+
+def _describe(value):
+    if isinstance(value, dict):
+        return f"a dict of {len(value)} entries"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _load_error(path, exc):
+    """The CheckpointError of a file torch.load refused: pickled code is named as such, damage in a few words."""
+    names = pickled_globals(path, exc)
+    if names:
+        return CheckpointError(f"{path}: refused: it holds pickled Python objects that loading would run as code "
+                               f"({', '.join(names[:3])}), which no Efficient-VDVAE checkpoint holds; nothing of "
+                               "it was run")
+    return CheckpointError(f"{path}: unreadable checkpoint ({_unreadable_reason(path, exc)})")
+
+
+def pickled_globals(path, exc):
+    """The Python names (classes, functions) that torch's weights-only loader refused to import from `path`.
+
+    Taken from its message, or, for a plain pickle it cannot even parse, read with pickletools (nothing runs).
+    """
+    names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    if names or not isinstance(exc, pickle.UnpicklingError):
+        return list(dict.fromkeys(names))
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PICKLE_SCAN)
+        strings = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a pickle, or cut short: what was found so far stands
+        pass
+    return list(dict.fromkeys(names))
 
 
 def _unreadable_reason(path, exc):
@@ -62,6 +138,8 @@ def _unreadable_reason(path, exc):
     if isinstance(exc, EOFError) or os.path.getsize(path) == 0:
         return "empty or truncated file"
     if not zipfile.is_zipfile(path):
+        if file_kind(path) == "pickle" and "Unsupported operand" in str(exc):
+            return "a plain Python pickle, not a PyTorch checkpoint file"
         return "truncated, or not a PyTorch checkpoint: no complete zip archive"
     text = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
     return f"corrupt: {type(exc).__name__}: {text.splitlines()[0][:200] if text else '(no message)'}"
@@ -83,7 +161,7 @@ class TorchCodec:
 
     def write(self, path, checkpoint):
         path = Path(path)
-        checkpoint.meta[CHECKSUM_KEY] = payload_checksum(named_tensors(checkpoint.state))
+        checkpoint.meta[PART_CHECKSUMS_KEY] = part_checksums(state_parts(checkpoint.state))
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -107,7 +185,9 @@ class TorchCodec:
             return as_checkpoint(parse_original_torch(state, path))
         meta = {k: v for k, v in state.items() if k not in STATE_KEYS}
         payload = {k: state[k] for k in STATE_KEYS if state.get(k) is not None}
-        verify_checksum(path, meta, named_tensors(payload))
+        if not isinstance(payload.get("optimizer_state_dict"), dict):
+            raise CheckpointError(f"{path}: not a training checkpoint of this code (no optimizer state to resume with)")
+        verify_checksum(path, meta, state_parts(payload), whole=lambda: named_tensors(payload))
         return Checkpoint(meta=meta, state=payload)
 
     def is_temporary(self, name):
@@ -159,6 +239,8 @@ def read_pt_weights(path):
     """Weights (NumPy, PyTorch layout) of a PyTorch checkpoint file, ours or the original's."""
     state = read_checkpoint(path)
     original = is_original_format(state)
+    weights = {k: state[k] for k in STATE_KEYS[:2] if state.get(k) is not None}
+    verify_checksum(path, state, state_parts(weights))  # the parts read; the optimizer state is not
 
     def numpy(state_dict):
         return None if state_dict is None else {k: v.detach().cpu().numpy() for k, v in state_dict.items()}

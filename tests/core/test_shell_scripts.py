@@ -106,13 +106,13 @@ def test_train_sh_forwards_its_arguments_to_torchrun(shell, tmp_path):
     assert out.returncode == 0, out.stderr
     probe, launch = calls(log)
     assert probe[0] == "-c" and "torch.cuda.device_count()" in probe[1]
-    assert launch == ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=3",
+    assert launch == [str(REPO / "efficient_vdvae_torch" / "launch.py"), "--standalone", "--nnodes=1", "--nproc_per_node=3",
                       str(REPO / "efficient_vdvae_torch" / "train.py"), "--config", "my run.cfg", "--set",
                       "train.batch_size=8"]
     log.unlink()
     env.update(NUM_GPUS_PER_NODE="2", TORCHRUN_ARGS="--nnodes=2 --node_rank=1")
     assert run(shell, "efficient_vdvae_torch/train.sh", cwd=tmp_path, env=env).returncode == 0
-    assert calls(log) == [["-m", "torch.distributed.run", "--nnodes=2", "--node_rank=1", "--nproc_per_node=2",
+    assert calls(log) == [[str(REPO / "efficient_vdvae_torch" / "launch.py"), "--nnodes=2", "--node_rank=1", "--nproc_per_node=2",
                            str(REPO / "efficient_vdvae_torch" / "train.py")]]
 
 
