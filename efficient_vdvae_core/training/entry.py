@@ -23,7 +23,7 @@ from efficient_vdvae_core.weights import check_fits
 def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     """Refuse, before anything of the run is written, options, data and weights that cannot work.
 
-    The batch must split over the replicas; one training step must fit the memory of a replica (the floor
+    The batch must split over the replicas; one training step (after the data checks) must fit the memory of a replica (the floor
     of `efficient_vdvae_core.memory`: parameters and activations); the train and validation splits must open (a missing or
     empty folder, a file that is not an image, too few images: one line naming the key and the path;
     the train split of 'imagenet' without decoded_cache is loaded into memory when opened, so only its
@@ -34,9 +34,6 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     if config.train.batch_size % dist.n_shards:
         raise UserError(f"[train] batch_size = {config.train.batch_size} is not divisible by the {dist.n_shards} "
                         f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")
-    estimate = training_memory(config, build_architecture(config.model, config.data),
-                               config.train.batch_size // dist.n_shards)
-    check_fits_memory(estimate, *framework.memory_available(dist))
     data = config.data
     if data.dataset_source == "imagenet" and not data.decoded_cache:
         check_files(data, "train")  # the .npz batches are loaded into memory when the split is opened
@@ -46,6 +43,9 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
             raise UserError(f"the train split of {data.dataset_source} has {len(train)} images, fewer than "
                             f"[train] batch_size = {config.train.batch_size}")
     make_dataset(data, "val", seed=config.run.seed, n_samples=config.val.n_samples_for_validation)
+    estimate = training_memory(config, build_architecture(config.model, config.data),
+                               config.train.batch_size // dist.n_shards)
+    check_fits_memory(estimate, *framework.memory_available(dist))
     found = CheckpointFolder(paths.checkpoints, _Suffix(framework)).list()
     if found:
         check_resumable(found, framework, config)
