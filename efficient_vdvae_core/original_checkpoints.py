@@ -45,6 +45,7 @@ import numpy as np
 from efficient_vdvae_core import flax_msgpack
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.params import import_original_jax_params, jax_params_to_torch_state_dict
+from efficient_vdvae_core.weights import Weights, check_fits
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _JAX_FILE = re.compile(r"^checkpoint_(\d+)$")
@@ -221,6 +222,25 @@ def parse_original_jax(state, source, num_mixtures=None):
     return OriginalCheckpoint(params=params, ema=ema, exp_avg=exp_avg, exp_inf=exp_inf, iteration_step=step,
                               optimizer_count=count, ema_decay=ema_decay, adamax_settings=None, framework="jax",
                               source=source)
+
+
+def read_original(path, load_torch_file):
+    """OriginalCheckpoint of an original checkpoint file: JAX (`checkpoint_<N>`, flax msgpack) or PyTorch
+    (`checkpoints-<name>`), the latter read by the framework's `load_torch_file(path)` (weights only)."""
+    if file_kind(path) == "msgpack":
+        return read_original_jax(path)
+    state = load_torch_file(path)
+    if "format_version" in state:
+        raise OriginalCheckpointError(f"{path}: a checkpoint of this code, not of the original code")
+    return parse_original_torch(state, path)
+
+
+def check_original_resumable(checkpoint, param_shapes, opt_cfg):
+    """UserError unless `checkpoint` (an OriginalCheckpoint) fits a model of `param_shapes` and its moments
+    can drive the optimizer of `opt_cfg`."""
+    check_fits(Weights(params=checkpoint.params, ema=checkpoint.ema, step=checkpoint.iteration_step,
+                       config_dict=None, source=checkpoint.source, kind="original"), param_shapes)
+    check_adamax(checkpoint, opt_cfg)
 
 
 def check_adamax(checkpoint, opt_cfg):

@@ -17,8 +17,8 @@ import numpy as np
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS
 from efficient_vdvae_core.training.backend import StepOutput
-from efficient_vdvae_core.original_checkpoints import check_adamax
-from efficient_vdvae_core.weights import Weights, check_fits
+from efficient_vdvae_core.original_checkpoints import check_original_resumable
+from efficient_vdvae_core.weights import check_fits
 from efficient_vdvae_core.params import jax_params_to_torch_state_dict, torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
 from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, prior_sample_fn, seed_key
@@ -151,9 +151,7 @@ class JaxTrainer:
         state = checkpoint.state
         if "original" in state:  # the original code's file (either framework): weights, EMA and Adamax moments
             original = state["original"]
-            check_fits(Weights(params=original.params, ema=original.ema, step=original.iteration_step,
-                               config_dict=None, source=original.source, kind="original"), self.param_shapes())
-            check_adamax(original, self.config.optimizer)
+            check_original_resumable(original, self.param_shapes(), self.config.optimizer)
             params, ema = param_trees(original)
             ema = params if ema is None else ema
             state = {"params": params, "ema": ema, "opt_state": adamax_state(original, params)}

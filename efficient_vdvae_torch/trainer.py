@@ -15,8 +15,8 @@ from efficient_vdvae_core.architecture import build_architecture, unused_paramet
 from efficient_vdvae_core.randomness import EVALUATION, PRIOR_SAMPLES, TRAIN_LATENTS, derived_seed
 from efficient_vdvae_core.schedules import is_skipped
 from efficient_vdvae_core.training.backend import StepOutput
-from efficient_vdvae_core.original_checkpoints import check_adamax
-from efficient_vdvae_core.weights import Weights, check_fits
+from efficient_vdvae_core.original_checkpoints import check_original_resumable
+from efficient_vdvae_core.weights import check_fits
 from efficient_vdvae_torch.data.loaders import make_train_loader, plan_loader
 from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, nhwc, output_noise, output_samples
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
@@ -77,9 +77,7 @@ class TorchTrainer:
         state = checkpoint.state
         if "original" in state:  # the original code's file (either framework): weights, EMA and Adamax moments
             original = state["original"]
-            check_fits(Weights(params=original.params, ema=original.ema, step=original.iteration_step,
-                               config_dict=None, source=original.source, kind="original"), self._own_shapes())
-            check_adamax(original, self.config.optimizer)
+            check_original_resumable(original, self._own_shapes(), self.config.optimizer)
             raw, ema = model_state_dicts(original)
             self._set_weights(raw, ema, resume_from_ema)
             self.optimizer.load_state_dict(adamax_state_dict(self.optimizer, self.model, original))

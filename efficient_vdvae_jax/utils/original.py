@@ -10,21 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficient_vdvae_core.original_checkpoints import (OriginalCheckpointError, file_kind, parse_original_torch,
-                                                       read_original_jax)
+from efficient_vdvae_core.original_checkpoints import OriginalCheckpointError, read_original
 from efficient_vdvae_core.params import torch_state_dict_to_jax
 from efficient_vdvae_jax.utils.optim import TorchAdamState
 from efficient_vdvae_jax.utils.torch_files import load_torch_file
 
 
 def read_original_checkpoint(path):
-    """OriginalCheckpoint of an original checkpoint file: JAX (`checkpoint_<N>`) or PyTorch (`checkpoints-<name>`)."""
-    if file_kind(path) == "msgpack":
-        return read_original_jax(path)
-    state = load_torch_file(path)
-    if "format_version" in state:
-        raise OriginalCheckpointError(f"{path}: a checkpoint of this code, not of the original code")
-    return parse_original_torch(state, path)
+    """OriginalCheckpoint of an original checkpoint file of either framework."""
+    return read_original(path, load_torch_file)
 
 
 def jax_tree(arrays):

@@ -8,19 +8,13 @@ would have made from the same checkpoint.
 """
 import torch
 
-from efficient_vdvae_core.original_checkpoints import (OriginalCheckpointError, file_kind, parse_original_torch,
-                                                       read_original_jax)
+from efficient_vdvae_core.original_checkpoints import OriginalCheckpointError, read_original
 from efficient_vdvae_torch.utils.checkpoint import read_checkpoint
 
 
 def read_original_checkpoint(path):
-    """OriginalCheckpoint of an original checkpoint file: PyTorch (`checkpoints-<name>`) or JAX (`checkpoint_<N>`)."""
-    if file_kind(path) == "msgpack":
-        return read_original_jax(path)
-    state = read_checkpoint(path)
-    if "format_version" in state:
-        raise OriginalCheckpointError(f"{path}: a checkpoint of this code, not of the original code")
-    return parse_original_torch(state, path)
+    """OriginalCheckpoint of an original checkpoint file of either framework."""
+    return read_original(path, read_checkpoint)
 
 
 def model_state_dicts(checkpoint):
