@@ -38,7 +38,7 @@ def _stacked_views(names, arrays):
     for name in names:
         by_shape.setdefault(arrays[name].shape, []).append(name)
     for group in by_shape.values():
-        stack = torch.stack([torch.from_numpy(arrays[n]) for n in group])
+        stack = torch.stack([torch.from_numpy(np.array(arrays[n])) for n in group])
         rows.update({n: stack[i] for i, n in enumerate(group)})
     return rows
 
