@@ -53,7 +53,7 @@ def write_original_torch(path, params, ema, exp_avg, exp_inf, *, count, global_s
                "params": list(range(len(names)))}]
     torch.save({"global_step": global_step,
                 "model_state_dict": OrderedDict((n, weights[n]) for n in names),
-                "ema_model_state_dict": OrderedDict((n, torch.from_numpy(ema[n])) for n in names),
+                "ema_model_state_dict": OrderedDict((n, torch.from_numpy(np.array(ema[n]))) for n in names),
                 "optimizer_state_dict": {"state": state, "param_groups": groups},
                 "scheduler_state_dict": {"last_epoch": torch.tensor(global_step + 1), "base_lrs": [lr],
                                          "_step_count": global_step + 2, "verbose": False, "_last_lr": [lr]}},
