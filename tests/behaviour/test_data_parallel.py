@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from tests.architectures import UNUSUAL, overrides
-from tests.behaviour.conftest import REPO, cli_args, python_env, train_here
+from tests.behaviour.conftest import REPO, ROUNDING, cli_args, python_env, train_here
 
-ROUNDING = 1e-5  # relative: gradients summed over processes in another order
 CASES = {name: overrides(*rest) for name, *rest in UNUSUAL}
 
 
