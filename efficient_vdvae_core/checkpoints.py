@@ -49,6 +49,7 @@ class Checkpoint:
 class Codec(Protocol):
     """How one framework stores one checkpoint."""
     suffix: str  # appended to checkpoint_<step>: '.pt' for a file, '' for a folder
+    collective: bool  # True: every process writes its part (Orbax); False: the main process writes the file
 
     def write(self, path: Path, checkpoint: Checkpoint) -> None:
         """Write atomically (complete or absent); raise OSError for disk problems."""

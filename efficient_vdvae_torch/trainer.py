@@ -44,6 +44,16 @@ def train_noise(arch, global_batch, rank, world_size, seed, step, device):
                         device=device)[rank::world_size] for b in arch.latent_layers]
 
 
+def data_parallel(module, arch, device):
+    """DDP around `module`, with the parameters that never get a gradient (known from `arch`) left out of the
+    gradient reduction: they stay in the state_dict, and DDP need not search the graph for them every step."""
+    prefixes = unused_parameter_prefixes(arch)
+    ignored = [name for name, _ in module.named_parameters()
+               if name.removeprefix("_orig_mod.").startswith(tuple(prefixes))]  # torch.compile's wrapper prefix
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
 class TorchTrainer:
     """Owns the model, EMA and optimizer of one training run (the core's TrainBackend)."""
 
@@ -62,10 +72,8 @@ class TorchTrainer:
             self.model.bottom_up.checkpoint_blocks = self.model.top_down.checkpoint_blocks = True
         if config.train.compile:
             self.forward_model = torch.compile(self.model)
-        if dist.n_processes > 1:  # parameters without gradients (static, from the architecture) must be declared
-            self.forward_model = DistributedDataParallel(
-                self.forward_model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(unused_parameter_prefixes(self.arch)))
+        if dist.n_processes > 1:
+            self.forward_model = data_parallel(self.forward_model, self.arch, self.device)
         self._eval_loaders = {}
 
     # ---------------------------------------------------------------------------- checkpoints

@@ -125,12 +125,15 @@ class TrainingRun:
                 "framework": self.framework.name, "config": self.config.to_dict()}
 
     def save(self):
-        """Write checkpoint_<step> by the write-failure policy; every process takes part, the main one prunes."""
+        """Write checkpoint_<step> by the write-failure policy: the main process alone, or every process for a
+        collective codec (Orbax); the main one prunes."""
         run = self.config.run
-        checkpoint = Checkpoint(meta=self.meta(), state=self.backend.state())
-        path = self.folder.save(self.step, checkpoint, keep=run.max_allowed_checkpoints,
-                                on_failure=run.checkpoint_write_failure, retries=run.checkpoint_write_retries,
-                                log=self.log, prune=self.dist.is_main)
+        path = self.folder.path(self.step)
+        if self.dist.is_main or self.backend.codec.collective:
+            checkpoint = Checkpoint(meta=self.meta(), state=self.backend.state())
+            path = self.folder.save(self.step, checkpoint, keep=run.max_allowed_checkpoints,
+                                    on_failure=run.checkpoint_write_failure, retries=run.checkpoint_write_retries,
+                                    log=self.log, prune=self.dist.is_main)
         self.backend.barrier()
         self.saved_step = self.step
         self.log(f"Saved checkpoint {path}")

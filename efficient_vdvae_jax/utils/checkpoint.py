@@ -60,6 +60,7 @@ def on_device(shapes, device):
 class OrbaxCodec:
     """One checkpoint as one Orbax folder; `target` (abstract state with shardings) shapes what is read."""
     suffix = ""
+    collective = True  # every process writes its shards, Orbax coordinates
 
     def __init__(self, target=None):
         self.target = target

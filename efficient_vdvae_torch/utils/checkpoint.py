@@ -158,6 +158,7 @@ def checkpoint_step(state):
 class TorchCodec:
     """One checkpoint as one .pt file (see the module docstring)."""
     suffix = ".pt"
+    collective = False  # one file, written by the main process alone
 
     def write(self, path, checkpoint):
         path = Path(path)

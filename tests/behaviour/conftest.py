@@ -29,6 +29,7 @@ FRAMEWORKS = ("torch", "jax")
 STEPS = 6  # of the reference run
 SETS = ["val.n_samples_for_validation=8", "val.batch_size=8", "run.num_cpus=0", "run.device='cpu'"]
 RESUMED = re.compile(r"Resumed from (\S+) at step (\d+)")
+ROUNDING = 1e-5  # relative: float32 sums reduced in another order (gradients over processes or devices)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,20 @@ def assert_same_state(framework, path, reference):
     assert arrays.keys() == ref_arrays.keys() and len(arrays) > 50
     for name, value in ref_arrays.items():
         np.testing.assert_array_equal(arrays[name], value, err_msg=name)
+
+
+def assert_same_run(framework, workdir, reference, steps):
+    """The run in `workdir` ends with the reference's state at `steps`, and its validation NELBO is the reference's."""
+    meta, arrays = framework.read(framework.path(workdir, steps))
+    ref_meta, ref_arrays = reference.states[steps]
+    assert meta["step"] == ref_meta["step"] == steps and meta["skips"] == ref_meta["skips"]
+    assert arrays.keys() == ref_arrays.keys() and len(arrays) > 100
+    for name, value in ref_arrays.items():
+        np.testing.assert_allclose(arrays[name], value, rtol=ROUNDING, atol=ROUNDING, err_msg=name)
+    nelbo = val_nelbo(run_paths("tiny", workdir))
+    assert steps in nelbo
+    for step, value in nelbo.items():
+        assert value == pytest.approx(reference.nelbo[step], rel=ROUNDING), step
 
 
 def val_nelbo(paths):

@@ -14,30 +14,14 @@ import pytest
 
 from efficient_vdvae_core.data.stream import TrainIndexStream
 from efficient_vdvae_core.runs import run_paths
-from tests.behaviour.conftest import REPO, assert_same_state, cli_args, python_env, train_command, train_here, val_nelbo
-
-ROUNDING = 1e-5  # relative: float32 sums reduced in another order (gradients over processes or devices)
-
+from tests.behaviour.conftest import (REPO, assert_same_run, assert_same_state, cli_args, python_env, train_command,
+                                      train_here, val_nelbo)
 
 def test_validation_nelbo_does_not_depend_on_the_evaluation_interval(framework, reference, tmp_path):
     """Evaluated every 2 steps instead of every step: the same validation NELBO at step 2, bit for bit."""
     paths = train_here(framework, tmp_path, 2, "train.checkpoint_and_eval_interval_in_steps=2")
     assert val_nelbo(paths) == {2: reference.nelbo[2]}
     assert_same_state(framework, framework.path(tmp_path, 2), reference.states[2])  # evaluations change nothing
-
-
-def assert_same_run(framework, workdir, reference, steps):
-    """The run in `workdir` ends with the reference's state at `steps`, and its validation NELBO is the reference's."""
-    meta, arrays = framework.read(framework.path(workdir, steps))
-    ref_meta, ref_arrays = reference.states[steps]
-    assert meta["step"] == ref_meta["step"] == steps and meta["skips"] == ref_meta["skips"]
-    assert arrays.keys() == ref_arrays.keys() and len(arrays) > 100
-    for name, value in ref_arrays.items():
-        np.testing.assert_allclose(arrays[name], value, rtol=ROUNDING, atol=ROUNDING, err_msg=name)
-    nelbo = val_nelbo(run_paths("tiny", workdir))
-    assert steps in nelbo
-    for step, value in nelbo.items():
-        assert value == pytest.approx(reference.nelbo[step], rel=ROUNDING), step
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")

@@ -35,6 +35,7 @@ ONE_PROCESS = Dist(process_index=0, n_processes=1, n_shards=1, description="1 fa
 class FakeCodec:
     """One checkpoint as one JSON file `checkpoint_<step>.json`, written atomically."""
     suffix = ".json"
+    collective = False
 
     def __init__(self, fail_steps=None):
         self.fail_steps = fail_steps or {}  # step -> how many more writes of it fail with ENOSPC

@@ -11,6 +11,7 @@ from tests.conftest import REPO
 
 SCRIPTS = ["efficient_vdvae_torch/train.sh", "efficient_vdvae_torch/reset.sh", "efficient_vdvae_jax/reset.sh",
            "docker_run.sh", "data_scripts/download_and_preprocess.sh"]
+LAUNCH, TRAIN = str(REPO / "efficient_vdvae_torch" / "launch.py"), str(REPO / "efficient_vdvae_torch" / "train.py")
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 pytestmark = pytest.mark.skipif(not SHELLS, reason="neither dash nor bash installed")
 
@@ -114,6 +115,37 @@ def test_train_sh_forwards_its_arguments_to_torchrun(shell, tmp_path):
     assert run(shell, "efficient_vdvae_torch/train.sh", cwd=tmp_path, env=env).returncode == 0
     assert calls(log) == [[str(REPO / "efficient_vdvae_torch" / "launch.py"), "--nnodes=2", "--node_rank=1", "--nproc_per_node=2",
                            str(REPO / "efficient_vdvae_torch" / "train.py")]]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_train_sh_joins_a_multi_node_rendezvous_from_environment_variables(shell, tmp_path):
+    env, log = fake_commands(tmp_path, "python")
+    env.update(NUM_NODES="4", RDZV_ENDPOINT="node0:29400", NUM_GPUS_PER_NODE="8")
+    assert run(shell, "efficient_vdvae_torch/train.sh", "--config", "a.cfg", cwd=tmp_path, env=env).returncode == 0
+    assert calls(log) == [[LAUNCH, "--nnodes=4", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29400",
+                           "--rdzv_id=efficient_vdvae", "--nproc_per_node=8", TRAIN, "--config", "a.cfg"]]
+    log.unlink()
+    del env["RDZV_ENDPOINT"]
+    out = run(shell, "efficient_vdvae_torch/train.sh", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and out.stderr.startswith("error: NUM_NODES=4 needs RDZV_ENDPOINT=host:port")
+    assert not log.exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_the_slurm_script_runs_train_sh_once_per_node_with_the_first_node_as_rendezvous(tmp_path):
+    env, log = fake_commands(tmp_path, "python")
+    for name, body in (("scontrol", 'echo gpu-017; echo gpu-018'), ("srun", 'for a in "$@"; do printf "%s\\n" "$a" >> "$FAKE_LOG"; done\n'
+                                                                          'echo -- >> "$FAKE_LOG"; shift; exec "$@"')):
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    env.update(SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NODELIST="gpu-[017-018]", SLURM_JOB_NUM_NODES="2",
+               SLURM_JOB_ID="4242", NUM_GPUS_PER_NODE="8")
+    out = run("bash", "egs/train_multinode.sbatch", "--config", "../egs/imagenet32_baseline.cfg", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    srun, launch = calls(log)
+    assert srun == ["--kill-on-bad-exit=1", "sh", "train.sh", "--config", "../egs/imagenet32_baseline.cfg"]
+    assert launch == [LAUNCH, "--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu-017:29500", "--rdzv_id=4242",
+                      "--nproc_per_node=8", TRAIN, "--config", "../egs/imagenet32_baseline.cfg"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
