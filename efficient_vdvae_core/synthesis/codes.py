@@ -38,7 +38,7 @@ def run_encoding(ctx):
     if not specs:
         raise UserError(f"no variate is kept with variate_masks_quantile = {syn.variate_masks_quantile}; raise it")
     dataset = common.open_split(cfg, DATASET_SPLIT[options.split], options.max_images)
-    plan = common.plan_for(ctx, dataset)
+    plan = common.plan_for(ctx, len(dataset))
     folder = encodings_folder(ctx.paths, cfg.run.seed, options.split)
     base = cfg.model.distribution_base
     metadata = {

@@ -113,11 +113,12 @@ def open_split(config, split, max_images=None, **kwargs):
     return dataset
 
 
-def plan_for(ctx, dataset):
-    """The EvalPlan of a split for this process, in batches of [synthesis] batch_size."""
+def plan_for(ctx, n_images):
+    """The EvalPlan of n_images (a split, or images to generate or decode) for this process, in batches of
+    [synthesis] batch_size rounded up to the replicas; the last batch is padded to the same size."""
     from efficient_vdvae_core.evaluation import EvalPlan
     d = ctx.dist
-    return EvalPlan(len(dataset), ctx.config.synthesis.batch_size, n_shards=d.n_shards, n_processes=d.n_processes,
+    return EvalPlan(n_images, ctx.config.synthesis.batch_size, n_shards=d.n_shards, n_processes=d.n_processes,
                     process_index=d.process_index)
 
 

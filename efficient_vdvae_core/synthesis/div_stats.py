@@ -15,7 +15,7 @@ from efficient_vdvae_core.synthesis import common
 
 def compute_div_stats(ctx, dataset, desc="div_stats"):
     """float32 (N_lat, V) div_stats over every image of `dataset`."""
-    plan = common.plan_for(ctx, dataset)
+    plan = common.plan_for(ctx, len(dataset))
     total = np.zeros((ctx.loaded.arch.n_latent_layers, common.uniform_variates(ctx.loaded.arch)), np.float64)
     for rows, batch in common.progress(zip(plan, ctx.backend.eval_batches(dataset, plan)), len(plan), desc,
                                        ctx.dist.is_main):

@@ -24,7 +24,7 @@ def run_iw_nll(ctx):
     """The IW-NLL report of the test split (a dict, also written as iw_nll.json)."""
     cfg, syn = ctx.config, ctx.config.synthesis
     dataset = common.open_split(cfg, "test", ctx.options.max_images)
-    plan = common.plan_for(ctx, dataset)
+    plan = common.plan_for(ctx, len(dataset))
     chunks = sample_chunks(syn.iw_samples, syn.iw_batch)
     ctx.log(f"Importance-weighted NLL of {len(dataset)} test images with K = {syn.iw_samples} posterior samples "
             f"({len(chunks)} passes of at most {syn.iw_batch} per batch)")

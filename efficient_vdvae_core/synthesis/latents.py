@@ -24,15 +24,18 @@ from efficient_vdvae_core.temperatures import layer_temperatures
 from efficient_vdvae_core.training.images import images_to_uint8
 
 
-def _posterior_means(ctx, dataset):
-    """Per-layer posterior means (N, H, W, V) of every image of `dataset`, batch by batch."""
-    plan = common.plan_for(ctx, dataset)
-    layers = None
+def _pairs(ctx, dataset):
+    """(i, start, end) for each pair of test images 2i, 2i + 1: their per-layer posterior means (1, H, W, V),
+    read batch by batch (at most one image is held over to the next batch)."""
+    plan = common.plan_for(ctx, len(dataset))
+    held, first = [], 0
     for rows, batch in zip(plan, ctx.backend.eval_batches(dataset, plan)):
         stats = ctx.backend.posterior_means(batch, rows, None)
         means = [np.asarray(mean)[rows.valid] for mean, _ in stats]
-        layers = means if layers is None else [np.concatenate([a, b]) for a, b in zip(layers, means)]
-    return layers
+        held += [[z[j:j + 1] for z in means] for j in range(int(rows.valid.sum()))]
+        while len(held) >= 2:
+            yield first // 2, held.pop(0), held.pop(0)
+            first += 2
 
 
 def _given(latents):
@@ -51,16 +54,16 @@ def run_interpolation(ctx):
     folder = common.output_folder(ctx, "interpolated", record={"pairs": pairs, "methods": list(METHODS)}, n=points)
     fractions = interpolation_fractions(points)
     ctx.log(f"Interpolating {pairs} pairs of test images at {points} points ({' and '.join(METHODS)})")
-    means = _posterior_means(ctx, dataset)  # 2 * pairs images: the pairs are few
-    written = []
-    for i in common.progress(range(pairs), pairs, "interpolation", ctx.dist.is_main):
-        start, end = [z[2 * i:2 * i + 1] for z in means], [z[2 * i + 1:2 * i + 2] for z in means]
+    written, plan = [], common.plan_for(ctx, points)
+    for i, start, end in common.progress(_pairs(ctx, dataset), pairs, "interpolation", ctx.dist.is_main):
         for method in METHODS:
             steps = interpolate_layers(start, end, fractions, method)  # per fraction: per layer (1, H, W, V)
             latents = [np.concatenate(layer) for layer in zip(*steps)]  # per layer (points, H, W, V)
-            indices = np.arange(points) + i * points
-            images = images_to_uint8(ctx.backend.decode(_given(latents), indices, purpose=INTERPOLATION), cfg)
-            written.append(save_png(folder / f"pair-{i}-{method}.png", make_grid(images, ncols=points)))
+            images = np.concatenate([  # decoded in batches of batch_size points, the last padded
+                ctx.backend.decode(_given([z[rows.images] for z in latents]), rows.images + i * points,
+                                   purpose=INTERPOLATION)[rows.valid] for rows in plan])
+            written.append(save_png(folder / f"pair-{i}-{method}.png",
+                                    make_grid(images_to_uint8(images, cfg), ncols=points)))
     common.report_files(ctx.log, "interpolation strips", written)
     return written
 
@@ -81,7 +84,7 @@ def run_conditional(ctx):
                                   t=float(temperatures[0]) if len(set(temperatures)) == 1 else None)
     ctx.log(f"Conditional samples of {len(dataset)} test images, keeping the top {list(syn.keep_top_layers)} of "
             f"{n_layers} latent layers ({syn.conditional_samples} samples each)")
-    plan = common.plan_for(ctx, dataset)
+    plan = common.plan_for(ctx, len(dataset))
     written = []
     for rows, batch in common.progress(zip(plan, ctx.backend.eval_batches(dataset, plan)), len(plan), "conditional",
                                        ctx.dist.is_main):

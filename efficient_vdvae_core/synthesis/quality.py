@@ -33,11 +33,10 @@ def _write_real(ctx, folder, n):
 def _write_generated(ctx, folder, n):
     syn = ctx.config.synthesis
     temperatures = layer_temperatures(syn.temperature_settings[0], ctx.loaded.arch)
-    for start in common.progress(range(0, n, syn.batch_size), -(-n // syn.batch_size), "generated images",
-                                 ctx.dist.is_main):
-        indices = np.arange(start, min(start + syn.batch_size, n))
-        images = images_to_uint8(ctx.backend.sample(indices, temperatures, counter=0), ctx.config)
-        common.save_pngs(folder, "image-{:05d}.png", images, start)
+    plan = common.plan_for(ctx, n)  # batches of batch_size, the last padded: one compiled shape
+    for rows in common.progress(plan, len(plan), "generated images", ctx.dist.is_main):
+        images = ctx.backend.sample(rows.images, temperatures, counter=0)[rows.valid]
+        common.save_pngs(folder, "image-{:05d}.png", images_to_uint8(images, ctx.config), rows.start)
     return temperatures
 
 

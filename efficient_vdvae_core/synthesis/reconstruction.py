@@ -29,7 +29,7 @@ def run_reconstruction(ctx):
                                           "masked reconstruction (synthesis.mask_reconstruction = True)")
         ctx.log("Masked reconstruction with " + common.describe_masks(masks, syn.variate_masks_quantile))
     dataset = common.open_split(cfg, "test", ctx.options.max_images)
-    plan = common.plan_for(ctx, dataset)
+    plan = common.plan_for(ctx, len(dataset))
     ctx.log(f"Reconstructing {len(dataset)} images of the test split")
     binarized = is_binarized(cfg.data)
     acc = EvalAccumulator(arch.n_latent_layers, binarized, effective_pixels(cfg.data))
