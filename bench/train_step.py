@@ -5,6 +5,10 @@
 Prints one JSON line: median seconds per step, images per second, peak memory (max RSS of the
 process on CPU; torch.cuda.max_memory_allocated, or the JAX device's peak_bytes_in_use, on GPU) and
 the NELBO of the first step in the reported unit (to check that two variants compute the same thing).
+It also prints the step's FLOP (efficient_vdvae_core.flops: the convolutions and products, backward
+counted as 2 x forward), the achieved GFLOP/s, the fp32 and bf16 GEMM and 3x3-convolution peaks measured
+afterwards in the same process at the same thread count (bench/peaks.py) and the utilisation: achieved /
+the larger peak of the precision the step runs in ([train] mixed_precision).
 A step is the training backend's (TorchTrainer / JaxTrainer.train_step with the core's StepValues of
 steps 0, 1, ...). Data are random images, so only the model is timed. JAX: the first (warm-up) step
 includes compilation; its time minus the median is reported as `compile_s`, and every timed step
@@ -23,9 +27,13 @@ import time
 
 import numpy as np
 
+from peaks import jax_peaks, torch_peaks
+
 from efficient_vdvae_core.allocator import retain_freed_memory
+from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.config import is_binarized, load_config
 from efficient_vdvae_core.evaluation import report_scale
+from efficient_vdvae_core.flops import training_step_flops
 from efficient_vdvae_core.metrics import effective_pixels
 from efficient_vdvae_core.schedules import step_values
 from efficient_vdvae_core.training.backend import Dist
@@ -114,6 +122,18 @@ def run_jax(args, config):
             "peak_memory_kind": "device_peak_bytes_in_use" if stats else "max_rss"}, times, first_time, first_loss, peak
 
 
+def utilisation(config, args, median):
+    """FLOP per step, achieved GFLOP/s, the peaks measured now in this process, and achieved / peak."""
+    arch = build_architecture(config.model, config.data)
+    flop = training_step_flops(arch, config.model.use_1x1_conv, args.batch_size)
+    precision = "bf16" if config.train.mixed_precision == "bf16" else "fp32"
+    peaks = (jax_peaks if args.framework == "jax" else torch_peaks)(("fp32", "bf16"))
+    peak = max(peaks[f"{precision}_gemm_gflops"], peaks[f"{precision}_conv3x3_gflops"])
+    achieved = flop / median / 1e9
+    return {"flop_per_step": flop, "achieved_gflops": round(achieved, 1), **peaks,
+            "peak_precision": precision, "utilisation": round(achieved / peak, 3)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -140,6 +160,7 @@ def main():
               "images_per_s": round(args.batch_size / median, 3),
               "peak_memory_gib": round(peak / 2 ** 30, 3), "peak_memory_kind": info["peak_memory_kind"],
               "first_step_nelbo": first_loss, "keep_freed_memory": info["keep_freed_memory"]}
+    record.update(utilisation(config, args, median))
     if args.framework == "jax":
         record["eigen_convolutions"] = info["eigen_convolutions"]
         record["compile_s"] = round(max(first_time - median, 0.0), 2)
