@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.behaviour.conftest import (RESUMED, assert_same_state, normalise, refused_training, same_in_both,
                                       train_here, val_nelbo)
@@ -48,13 +49,25 @@ def test_two_steps_end_to_end(framework, two_step_run):
     assert [line["step"] for line in batches] == [1, 2] and all(-1 <= line["Losses/ssim"] <= 1 for line in batches)
 
 
-def test_binarized_two_steps(framework, tmp_path):
+def test_binarized_two_steps(framework, tmp_path, capsys):
     paths = train_here(framework, tmp_path, 2, "train.checkpoint_and_eval_interval_in_steps=2",
                        config="tiny_binarized")
     assert framework.steps(tmp_path, "tiny_binarized") == [2]
     meta, _ = framework.read(framework.path(tmp_path, 2, "tiny_binarized"))
     assert meta["step"] == 2 and meta["config"]["data"]["dataset_source"] == "embedded_digits"
     assert list(val_nelbo(paths)) == [2] and np.isfinite(val_nelbo(paths)[2])
+    samples = paths.logs / "samples"  # hard samples and Bernoulli means, own size and enlarged (8 digits: x3)
+    assert sorted(p.name for p in samples.iterdir()) == ["step_2.png", "step_2_means.png", "step_2_means_x3.png",
+                                                        "step_2_x3.png"]
+    small, big = (np.asarray(Image.open(samples / name)) for name in ("step_2_means.png", "step_2_means_x3.png"))
+    assert big.shape[1] >= 512 and np.array_equal(big[::3, ::3], small) and len(np.unique(small)) > 2
+    lines = [json.loads(line) for line in (paths.logs / "metrics.jsonl").read_text().splitlines()]
+    score = [line for line in lines if line["split"] == "classifier_score"]
+    assert len(score) == 1 and score[0]["step"] == 2
+    assert score[0]["Quality/classifier_score_real"] == pytest.approx(0.932)  # 250 real test digits
+    for weights in ("ema", "raw", "ema_means"):
+        assert 0 <= score[0][f"Quality/classifier_score_{weights}"] <= 1
+    assert capsys.readouterr().out.count("Classifier score: ") == 1
 
 
 def test_resume_is_exact(framework, two_step_run, reference, tmp_path, capsys):
