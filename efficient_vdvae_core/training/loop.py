@@ -264,7 +264,8 @@ class TrainingRun:
         histograms = tags.parameter_histograms(self.backend.parameters_and_gradients()) if self.dist.is_main else []
         if self.dist.is_main:
             n = min(grid_images(), rows.n_valid)
-            targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics))
+            last_values = step_values(self.step - 1, self.config)  # of the iteration just done, as the train writer's
+            targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics, last_values))
             self.log_evaluated_batch("train", train_out, min(grid_images(), len(train_out.ssim)),
                                      {tags.SSIM: train_metrics["ssim"]}, label="train_batch")
             for tag, values, bins in histograms:

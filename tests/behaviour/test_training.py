@@ -10,17 +10,6 @@ from PIL import Image
 from tests.behaviour.conftest import (RESUMED, assert_same_state, normalise, refused_training, same_in_both,
                                       train_here, val_nelbo)
 
-ORIGINAL_TRAIN_SCALARS = ["Losses/reconstruction_loss", "Losses/kl_div", "Losses/nelbo", "Losses/average_kl_div",
-                          "Losses/variational_beta", "Losses/skips_count", "Schedules/learning_rate",
-                          "Mean_Max_Updates/Global_norm"]
-N_LAYERS = 6  # latent layers of egs/tiny.cfg
-
-
-@pytest.fixture(scope="session")
-def two_step_run(framework, tmp_path_factory):
-    """2 steps with an evaluation and a checkpoint after each (max_allowed_checkpoints = 2)."""
-    return train_here(framework, tmp_path_factory.mktemp(f"two_steps_{framework.name}"), 2,
-                      "train.checkpoint_and_eval_interval_in_steps=1")
 
 
 def test_two_steps_end_to_end(framework, two_step_run):
@@ -83,27 +72,6 @@ def test_resume_is_exact(framework, two_step_run, reference, tmp_path, capsys):
         assert_same_state(framework, framework.path(tmp_path, step), reference.states[step])
     nelbo = val_nelbo(paths)
     assert {step: nelbo[step] for step in (3, 4)} == {step: reference.nelbo[step] for step in (3, 4)}
-
-
-def test_tensorboard_tags(framework, two_step_run, across):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    paths = two_step_run
-    train_ev = EventAccumulator(str(paths.train_events)).Reload().Tags()
-    val_ev = EventAccumulator(str(paths.val_events)).Reload().Tags()
-    for tag in ORIGINAL_TRAIN_SCALARS:
-        assert tag in train_ev["scalars"], tag
-    for tag in ["Losses/reconstruction_loss", "Losses/kl_div", "Losses/nelbo", "Losses/ssim",
-                *[f"Losses/latent_kl_{i}" for i in range(N_LAYERS)]]:
-        assert tag in val_ev["scalars"], tag
-    assert {"Distributions/target", "Distributions/output", "OutputLayer/means",
-            "OutputLayer/log_scales"} <= set(val_ev["histograms"])
-    assert {"Images/Original", "Images/Generated", "Images/Prior_samples"} <= set(val_ev["images"])
-    assert (paths.logs / "metrics.jsonl").read_text().count('"split": "val"') == 2  # interval 1, 2 steps
-    scalars = EventAccumulator(str(paths.train_events)).Reload().Scalars("Schedules/learning_rate")
-    assert [s.step for s in scalars] == [2]  # logging_interval 10 -> only the last step
-    tags = {f"{split}/{kind}": sorted(ev[kind]) for split, ev in (("train", train_ev), ("val", val_ev))
-            for kind in ("scalars", "histograms", "images")}
-    same_in_both(across, "TensorBoard tags", framework, tags)
 
 
 def nan_at(framework, monkeypatch, steps, outputs):
