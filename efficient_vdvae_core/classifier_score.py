@@ -4,7 +4,6 @@
     generated = classifier_score(clf, samples_uint8)                # (N, 28, 28[, 1]) uint8, 0 = paper
     real = real_score(clf, config.data)                             # the same share for real test digits
     covered = classes_covered(clf, samples_uint8)                   # diversity: digit classes drawn
-    print(score_line(generated, real, len(samples_uint8), n_real=len(real_images(config.data)), n_classes=covered))
 
 The classifier is a small MLP on 7x7 average-pooled pixels (4x4 pixel cells, so stroke shape counts and
 pixel speckle does not), fitted on the embedded digits' train split only, each image binarised a few
@@ -145,10 +144,3 @@ def real_images(data_cfg, split="test", n=None):
 def real_score(clf, data_cfg, split="test", n=None, threshold=CONFIDENCE):
     """classifier_score of real held-out digits (the test split by default), for comparison."""
     return classifier_score(clf, real_images(data_cfg, split, n), threshold)
-
-
-def score_line(generated, real, n_generated, n_real, n_classes=None, threshold=CONFIDENCE):
-    """One line for the demo's end: the generated and the real share recognised with confidence."""
-    covered = "" if n_classes is None else f", {n_classes} of 10 digit classes among them"
-    return (f"Classifier score: {generated:.1%} of {n_generated} prior samples recognised as one digit with "
-            f"probability >= {threshold}{covered} (real test digits: {real:.1%} of {n_real})")

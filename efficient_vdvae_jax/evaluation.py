@@ -16,7 +16,7 @@ from efficient_vdvae_core.metrics import MNIST_SIZE
 from efficient_vdvae_core.randomness import LATENT_STREAM, OUTPUT_STREAM, PRIOR_STREAM
 from efficient_vdvae_core.training.backend import EvalOutput
 from efficient_vdvae_jax.model.losses import split_mol_logits, vae_objective
-from efficient_vdvae_jax.model.sampling import output_samples
+from efficient_vdvae_jax.model.sampling import bernoulli_probs, output_samples
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.ssim import ssim_per_example
 from efficient_vdvae_jax.utils.state import merge_model
@@ -92,6 +92,13 @@ def evaluate_batch_fn(graphdef, rest, config, arch, purpose):
     return jax.jit(evaluate)
 
 
+def output_means(logits, config):
+    """Bernoulli probabilities float32 (B, 28, 28, 1) of binarized data's output head (None for MoL outputs)."""
+    if not is_binarized(config.data):
+        return None
+    return np.asarray(bernoulli_probs(jnp.asarray(logits, jnp.float32), config.synthesis.output_temperature), np.float32)
+
+
 def local_block(array, process_rows):
     """This process's rows of a global result: (start, stop) of `process_rows` in the gathered array."""
     return D.to_host(array)[process_rows[0]:process_rows[1]]
@@ -102,7 +109,8 @@ def eval_output(result, config, process_rows, images=None, details=False):
     take = (lambda k: local_block(result[k], process_rows))
     extra = {}
     if details:
-        extra = {"inputs": np.asarray(images, np.float32), "samples": take("samples")}
+        extra = {"inputs": np.asarray(images, np.float32), "samples": take("samples"),
+                 "means": output_means(take("logits"), config)}
         if not is_binarized(config.data):
             _, means, log_scales, _ = split_mol_logits(jnp.asarray(take("logits")), config.model.num_output_mixtures)
             extra["histograms"] = {"OutputLayer/means": np.asarray(means),

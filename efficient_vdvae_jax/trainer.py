@@ -21,7 +21,7 @@ from efficient_vdvae_core.original_checkpoints import check_original_resumable
 from efficient_vdvae_core.weights import check_fits
 from efficient_vdvae_core.params import jax_params_to_torch_state_dict, torch_state_dict_to_jax
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
-from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, prior_sample_fn, seed_key
+from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, output_means, prior_sample_fn, seed_key
 from efficient_vdvae_jax.model.autoencoder import build_model
 from efficient_vdvae_jax.model.losses import vae_objective
 from efficient_vdvae_jax.utils import distributed as D
@@ -205,14 +205,15 @@ class JaxTrainer:
                  else jax_params_to_torch_state_dict(jax.tree.map(D.to_host, self._last_grads)))
         return {name: (value, None if grads is None else grads[name]) for name, value in weights.items()}
 
-    def prior_samples(self, n, counter):
+    def prior_samples(self, n, counter, ema=True):
         prior = self.programs.prior
         if n not in prior:
             prior[n] = prior_sample_fn(self.programs.graphdef, self.programs.rest, self.config, self.arch, n,
                                        self.mesh, PRIOR_SAMPLES)
         temperatures = np.ones(self.arch.n_latent_layers, np.float32)
-        samples, _ = prior[n](self.train_state["ema"], temperatures, np.arange(n, dtype=np.int32), np.int32(counter))
-        return np.asarray(D.to_host(samples), np.float32)
+        weights = self.train_state["ema" if ema else "params"]
+        samples, logits = prior[n](weights, temperatures, np.arange(n, dtype=np.int32), np.int32(counter))
+        return np.asarray(D.to_host(samples), np.float32), output_means(D.to_host(logits), self.config)
 
     # ----------------------------------------------------------------------------- processes
     def all_reduce_sum(self, array):

@@ -13,7 +13,7 @@ from efficient_vdvae_core.metrics import MNIST_SIZE
 from efficient_vdvae_core.randomness import LATENT_STREAM, OUTPUT_STREAM, PRIOR_STREAM, image_seeds
 from efficient_vdvae_core.training.backend import EvalOutput
 from efficient_vdvae_torch.model.losses import split_mol_logits, vae_objective
-from efficient_vdvae_torch.model.sampling import sample_bernoulli, sample_mol
+from efficient_vdvae_torch.model.sampling import bernoulli_probs, sample_bernoulli, sample_mol
 from efficient_vdvae_torch.utils.ssim import ssim_per_example
 
 
@@ -68,6 +68,13 @@ def output_samples(logits, config, noise=None, temperature=None, generator=None)
                       min_log_scale=config.loss.min_mol_logscale, temperature=t, generator=generator, noise=noise)
 
 
+def output_means(logits, config):
+    """Bernoulli probabilities float32 (B, 28, 28, 1) of binarized data's output head (None for MoL outputs)."""
+    if not is_binarized(config.data):
+        return None
+    return nhwc(bernoulli_probs(logits.float(), config.synthesis.output_temperature))
+
+
 def nhwc(tensor):
     """(B, C, H, W) tensor -> float32 NumPy (B, H, W, C)."""
     return tensor.detach().float().permute(0, 2, 3, 1).cpu().numpy()
@@ -95,7 +102,7 @@ def evaluate_batch(model, images, config, arch, *, purpose, counter, indices, va
         ssim = ssim_per_example(samples, images)
     extra = {}
     if details:
-        extra = {"inputs": nhwc(images), "samples": nhwc(samples)}
+        extra = {"inputs": nhwc(images), "samples": nhwc(samples), "means": output_means(logits, config)}
         if not is_binarized(config.data):
             _, means, log_scales, _ = split_mol_logits(logits, config.model.num_output_mixtures)
             extra["histograms"] = {"OutputLayer/means": means.cpu().numpy(),

@@ -18,7 +18,8 @@ from efficient_vdvae_core.training.backend import StepOutput
 from efficient_vdvae_core.original_checkpoints import check_original_resumable
 from efficient_vdvae_core.weights import check_fits
 from efficient_vdvae_torch.data.loaders import make_train_loader, plan_loader
-from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, nhwc, output_noise, output_samples
+from efficient_vdvae_torch.evaluation import (evaluate_batch, image_noise, nhwc, output_means, output_noise,
+                                              output_samples)
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.model.losses import vae_objective
 from efficient_vdvae_torch.utils import distributed
@@ -172,18 +173,21 @@ class TorchTrainer:
                 for name, p in self.model.named_parameters()}
 
     @torch.no_grad()
-    def prior_samples(self, n, counter):
+    def prior_samples(self, n, counter, ema=True):
         indices = range(n)
-        raw = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.ema.state_dict(self.model))
+        raw = {k: v.clone() for k, v in self.model.state_dict().items()} if ema else None
+        if ema:
+            self.model.load_state_dict(self.ema.state_dict(self.model))
         self.model.eval()
         try:
             noise = image_noise(self.config, self.arch, PRIOR_SAMPLES, counter, indices, self.device)
             logits, _ = self.model.sample(n, [1.0] * self.arch.n_latent_layers, noise=noise)
+            logits = logits.float()
             out = output_noise(self.config, PRIOR_SAMPLES, counter, indices, self.device)
-            return nhwc(output_samples(logits.float(), self.config, noise=out))
+            return nhwc(output_samples(logits, self.config, noise=out)), output_means(logits, self.config)
         finally:
-            self.model.load_state_dict(raw)
+            if ema:
+                self.model.load_state_dict(raw)
             self.model.train()
 
     # ----------------------------------------------------------------------------- processes

@@ -29,6 +29,7 @@ class EvalOutput:
     ssim: np.ndarray  # (B,) SSIM of the output sample vs the input (0 for binarized data)
     inputs: np.ndarray | None = None  # (B, H, W, C) float inputs, when details were asked
     samples: np.ndarray | None = None  # (B, H', W', C) float output samples, when details were asked
+    means: np.ndarray | None = None  # (B, 28, 28, 1) Bernoulli probabilities (binarized data), when details were asked
     histograms: dict | None = None  # tag -> values (e.g. 'OutputLayer/means'), when details were asked
 
 
@@ -69,7 +70,8 @@ class TrainBackend(Protocol):
     def train_step(self, batch, values) -> StepOutput: ...  # values: efficient_vdvae_core.schedules.StepValues
     def eval_batches(self, dataset, plan) -> Iterator: ...  # framework batches of an EvalPlan's rows
     def evaluate(self, batch, rows, counter, details) -> EvalOutput: ...  # raw weights; noise per image
-    def prior_samples(self, n, counter) -> np.ndarray: ...  # (n, H, W, C) EMA prior samples at temperature 1
+    def prior_samples(self, n, counter, ema=True) -> tuple: ...  # (samples (n, H, W, C), Bernoulli means or None)
+                                                                # of the EMA (or raw) weights' prior, temperature 1
     def all_reduce_sum(self, array) -> np.ndarray: ...  # sum over processes (identity in one process)
     def barrier(self) -> None: ...
     def close(self) -> None: ...

@@ -9,7 +9,8 @@ parameters as a run never interrupted, and 1 or N processes (same global batch) 
 Every `checkpoint_and_eval_interval_in_steps` steps (and at the last one): validation on the fixed
 validation subset with the raw weights (noise per image: the NELBO does not depend on the interval or
 the process count), TensorBoard scalars, histograms and images, a PNG grid (targets,
-reconstructions, EMA prior samples), then a checkpoint. Faults end the run with one line: a failed
+reconstructions, EMA prior samples) and its enlarged view, then a checkpoint; at the end of a run on
+labelled digits, the classifier score of prior samples (efficient_vdvae_core/training/quality.py). Faults end the run with one line: a failed
 checkpoint write (by [run] checkpoint_write_failure), a full disk while writing logs, and
 [train] max_consecutive_skips skipped updates in a row.
 """
@@ -25,13 +26,14 @@ from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.data import make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan, EvalRows
-from efficient_vdvae_core.images import make_grid, save_png
+from efficient_vdvae_core.images import make_grid
 from efficient_vdvae_core.metrics import effective_pixels, report_unit_name
 from efficient_vdvae_core.randomness import TRAIN_EVALUATION
 from efficient_vdvae_core.schedules import step_values
 from efficient_vdvae_core.tensorboard import RunLogger
 from efficient_vdvae_core.training import tags
 from efficient_vdvae_core.training.images import grid_images, images_to_uint8
+from efficient_vdvae_core.training.quality import classifier_report, grid_message, save_sample_grids
 from efficient_vdvae_core.training.preemption import StopRequests, StopRun, signal_name
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -173,6 +175,8 @@ class TrainingRun:
                     break
         finally:
             bar.close()
+        if self.step >= total:
+            classifier_report(self)
 
     def _stop_if_asked(self, stops):
         """At a step boundary: when any process got SIGTERM or Ctrl-C, checkpoint this step and stop (StopRun)."""
@@ -259,21 +263,24 @@ class TrainingRun:
         self.log(f"\nValidation step {self.step} | reconstruction {metrics['reconstruction_loss']:.4f} | KL "
                  f"{metrics['kl_div']:.4f} | NELBO {metrics['nelbo']:.6f} {unit} | SSIM {metrics['ssim']:.4f} | "
                  f"active groups {metrics['active_groups']}/{self.n_layers}")
-        prior = self.backend.prior_samples(grid_images(), self.step)
+        prior, prior_means = self.backend.prior_samples(grid_images(), self.step)
         histograms = tags.parameter_histograms(self.backend.parameters_and_gradients()) if self.dist.is_main else []
         if self.dist.is_main:
             n = min(grid_images(), rows.n_valid)
-            targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics))
+            last_values = step_values(self.step - 1, self.config)  # of the iteration just done, as the train writer's
+            targets, recons = self.log_evaluated_batch("val", first, n, tags.val_scalars(metrics, last_values))
             self.log_evaluated_batch("train", train_out, min(grid_images(), len(train_out.ssim)),
                                      {tags.SSIM: train_metrics["ssim"]}, label="train_batch")
             for tag, values, bins in histograms:
                 self.logger.histogram("train", self.step, tag, values, bins)
             prior_u8 = images_to_uint8(prior, self.config)
             self.logger.image("val", self.step, tags.PRIOR_SAMPLES, make_grid(prior_u8))
-            rows_ = [targets, recons, prior_u8[:n]]
-            grid = make_grid(np.concatenate(rows_), ncols=n)
-            path = save_png(self.paths.logs / "samples" / f"step_{self.step}.png", grid)
-            self.log(f"Samples (rows: targets, reconstructions, prior samples): {path}")
+            means_rows = None
+            if first.means is not None and prior_means is not None:
+                means_rows = [targets] + [images_to_uint8(m[:n], self.config) for m in (first.means, prior_means)]
+            written = save_sample_grids(self.paths.logs / "samples", self.step, [targets, recons, prior_u8[:n]],
+                                        means_rows)
+            self.log(grid_message(written))
             self.logger.flush()
         self.save()
         return metrics

@@ -70,10 +70,10 @@ def train_scalars(out, values, run, seconds):
     return scalars
 
 
-def val_scalars(metrics):
-    """The validation scalars of an EvalAccumulator result."""
+def val_scalars(metrics, values):
+    """The validation scalars of an EvalAccumulator result at the step of StepValues `values`."""
     scalars = {RECONSTRUCTION: metrics["reconstruction_loss"], KL: metrics["kl_div"], NELBO: metrics["nelbo"],
-               SSIM: metrics["ssim"], AVERAGE_KL: float(sum(metrics["kl_per_layer_bits"]))}
+               SSIM: metrics["ssim"], AVERAGE_KL: float(sum(metrics["kl_per_layer_bits"])), BETA: values.kl_beta}
     scalars.update({latent_kl(i): v for i, v in enumerate(metrics["kl_per_layer_bits"])})
     return scalars
 

@@ -255,3 +255,10 @@ def python_env(cache_dir=None, devices=1, extra_path=()):
 def train_command(framework, workdir, steps, *sets, config="tiny"):
     return [sys.executable, str(REPO / f"efficient_vdvae_{framework.name}" / "train.py"),
             *cli_args(workdir, steps, *sets, config=config)]
+
+
+@pytest.fixture(scope="session")
+def two_step_run(framework, tmp_path_factory):
+    """2 steps with an evaluation and a checkpoint after each (max_allowed_checkpoints = 2)."""
+    return train_here(framework, tmp_path_factory.mktemp(f"two_steps_{framework.name}"), 2,
+                      "train.checkpoint_and_eval_interval_in_steps=1")

@@ -41,13 +41,10 @@ def test_the_fit_is_deterministic_given_the_seed(clf, digits_data):
     assert np.array_equal(cs.digit_probabilities(clf, images), cs.digit_probabilities(again, images))
 
 
-def test_threshold_and_line(clf, digits_data):
+def test_threshold(clf, digits_data):
     images = cs.real_images(digits_data, n=50)
     assert cs.classifier_score(clf, images, threshold=0.0) == 1.0
     assert cs.classifier_score(clf, images, threshold=0.99) <= cs.classifier_score(clf, images)
-    line = cs.score_line(0.5, 0.94, 64, 250, n_classes=7)
-    assert line.startswith("Classifier score: 50.0% of 64") and "94.0% of 250" in line and ">= 0.9" in line
-    assert "7 of 10 digit classes" in line and "classes" not in cs.score_line(0.5, 0.94, 64, 250)
 
 
 def test_classes_covered_counts_diversity(clf, digits_data):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_core import checkpoints as checkpoints_module
+from efficient_vdvae_core import images
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointError, CheckpointFolder, CheckpointWriteError
 from efficient_vdvae_core.errors import UserError
@@ -24,7 +25,6 @@ from efficient_vdvae_core.metrics import effective_pixels
 from efficient_vdvae_core.runs import atomic_write_text, run_paths
 from efficient_vdvae_core.randomness import EVALUATION
 from efficient_vdvae_core.schedules import is_skipped
-from efficient_vdvae_core.training import loop
 from efficient_vdvae_core.training.backend import Dist, EvalOutput, StepOutput
 from efficient_vdvae_core.training.loop import TooManySkipsError, run_training
 from tests.conftest import egs_config
@@ -119,9 +119,9 @@ class FakeBackend:
     def parameters_and_gradients(self):
         return {"w.weight": (self.w.copy(), np.ones_like(self.w))}
 
-    def prior_samples(self, n, counter):
+    def prior_samples(self, n, counter, ema=True):
         res, channels = self.config.data.target_res, self.config.data.channels
-        return np.zeros((n, res, res, channels), np.float32)
+        return np.zeros((n, res, res, channels), np.float32), None
 
     def all_reduce_sum(self, array):
         return array
@@ -193,7 +193,8 @@ def test_logging_and_evaluation_cadence_with_the_last_step(tmp_path):
     assert logged_steps(tmp_path, "val") == [3, 6, 7] and framework.backend.evaluated == [3, 6, 7]
     assert framework.backend.codec.writes == [3, 6, 7] and folder(tmp_path).steps() == [6, 7]  # pruned to 2
     samples = run_paths("tiny", tmp_path).logs / "samples"
-    assert sorted(p.name for p in samples.iterdir()) == ["step_3.png", "step_6.png", "step_7.png"]
+    assert sorted(p.name for p in samples.iterdir()) == sorted(  # own size and enlarged (no means: not binarized)
+        f"step_{s}{view}.png" for s in (3, 6, 7) for view in ("", "_x4"))
     val = [line for line in metric_lines(tmp_path) if line["split"] == "val"][0]
     per_dim = effective_pixels(run.config.data) * math.log(2)  # the fake: 3000 + 30 nats per image, in bits/dim
     assert val["Losses/nelbo"] == pytest.approx(3030.0 / per_dim, rel=1e-12)
@@ -366,14 +367,14 @@ def test_an_already_finished_run_says_so_and_writes_no_event_files(tmp_path):
 
 
 def test_a_full_disk_while_writing_logs_stops_in_one_line_naming_the_file(tmp_path, monkeypatch):
-    save_png = loop.save_png
+    save_png = images.save_png
 
     def full_disk(path, image):
         if path.name == "step_2.png":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return save_png(path, image)
 
-    monkeypatch.setattr(loop, "save_png", full_disk)
+    monkeypatch.setattr(images, "save_png", full_disk)
     framework = fake_framework()
     with pytest.raises(UserError) as info:
         train(tmp_path, framework, 3, "train.checkpoint_and_eval_interval_in_steps=1")
@@ -388,7 +389,7 @@ def test_other_os_errors_are_not_turned_into_disk_messages(tmp_path, monkeypatch
     def broken(path, image):
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
-    monkeypatch.setattr(loop, "save_png", broken)
+    monkeypatch.setattr(images, "save_png", broken)
     with pytest.raises(OSError) as info:
         train(tmp_path, fake_framework(), 1)
     assert not isinstance(info.value, UserError) and info.value.errno == errno.EBADF
