@@ -1,11 +1,11 @@
-"""JAX importance-sampling terms and latent operations on the tiny models (parity with torch: tests/parity)."""
+"""JAX importance-sampling terms on the tiny models (parity with torch: tests/parity)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from efficient_vdvae_core import iw_nll
-from efficient_vdvae_jax.model import latent_ops, likelihood, losses
+from efficient_vdvae_jax.model import likelihood, losses
 from efficient_vdvae_jax.model.autoencoder import build_model
 from tests.conftest import egs_config
 
@@ -47,15 +47,3 @@ def test_one_sample_is_the_single_sample_elbo_estimate():
                                                                            np.float64).sum(-1)
     np.testing.assert_allclose(bounds.log_likelihood_bound(), single, rtol=1e-12)
 
-
-def test_keep_top_layers():
-    """All layers kept: the posterior-mean reconstruction; none: the prior sample of the same key."""
-    config = egs_config("tiny")
-    model = build_model(config, seed=0)
-    n = model.arch.n_latent_layers
-    logits, means = latent_ops.posterior_latents(model, images(config, 2))
-    close = lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert close(latent_ops.conditional_sample(model, means, n, [1.0] * n, key=jax.random.key(3)), logits)
-    prior_only = latent_ops.conditional_sample(model, means, 0, [0.8] * n, key=jax.random.key(3))
-    assert close(prior_only, model.sample(2, [0.8] * n, key=jax.random.key(3))[0])
-    assert not close(prior_only, logits)

@@ -1,5 +1,5 @@
-"""PyTorch vs JAX: the same weights and posterior noise give the same importance-sampling terms, IW bound and
-latent operations."""
+"""PyTorch vs JAX: the same weights and posterior noise give the same importance-sampling terms, IW bound (the
+latent operations of the modes: tests/behaviour/test_synthesis_modes.py)."""
 import functools
 
 import jax.numpy as jnp
@@ -11,9 +11,7 @@ from flax import nnx
 from efficient_vdvae_core import iw_nll
 from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.metrics import effective_pixels
-from efficient_vdvae_jax.model import latent_ops as jax_latent_ops
 from efficient_vdvae_jax.model import likelihood as jax_likelihood
-from efficient_vdvae_torch.model import latent_ops as torch_latent_ops
 from efficient_vdvae_torch.model import likelihood as torch_likelihood
 from tests.conftest import egs_config
 from tests.parity.test_model_parity import CASES, TOLERANCE, batch, nhwc, rel_diff, twin_models
@@ -52,20 +50,3 @@ def test_importance_terms_and_bound_match(name, overrides):
     assert all(v < TOLERANCE for v in diffs.values()), diffs
     assert summaries[0].iw_nll <= summaries[0].nelbo
 
-
-def test_latent_operations_match():
-    config = egs_config("tiny")
-    torch_model, jax_model = twin_models(config)
-    x, _ = batch(config, torch_model.arch, size=2)
-    t_logits, t_means = torch_latent_ops.posterior_latents(torch_model, x)
-    j_logits, j_means = jax_latent_ops.posterior_latents(jax_model, nhwc(x))
-    diffs = {"posterior-mean logits": rel_diff(j_logits, t_logits),
-             "posterior means": max(rel_diff(j, t) for j, t in zip(j_means, t_means))}
-    t_steps = torch_latent_ops.interpolated_latents([z[:1] for z in t_means], [z[1:] for z in t_means], [0.5],
-                                                    "spherical")
-    j_steps = jax_latent_ops.interpolated_latents([z[:1] for z in j_means], [z[1:] for z in j_means], [0.5],
-                                                  "spherical")
-    diffs["slerp midpoint decode"] = rel_diff(jax_latent_ops.decode_latents(jax_model, j_steps[0]),
-                                              torch_latent_ops.decode_latents(torch_model, t_steps[0]))
-    print(", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
-    assert all(v < TOLERANCE for v in diffs.values()), diffs
