@@ -8,7 +8,7 @@ import signal
 import sys
 
 from efficient_vdvae_core.checkpoints import DISK_ERRNOS, os_error_reason
-from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.errors import EXIT_LOST_PROCESS, LostProcessError, UserError
 from efficient_vdvae_core.synthesis.common import ENCODING_SPLITS
 from efficient_vdvae_core.training.preemption import EXIT_INTERRUPTED
 
@@ -67,7 +67,8 @@ def run_main(main, argv=None, parser=None):
     A UserError (bad config, bad argument, missing run) becomes `error: <message>` on stderr and exit
     code 2, and so does an OSError of the disk or of permissions (a full disk, a read-only folder);
     Ctrl-C becomes exit code 130, a closed stdout (`... | head`) a silent exit code 141, all without a
-    traceback; other exceptions propagate. Processes other than the first of a multi-process job
+    traceback; other exceptions propagate. A LostProcessError (another process of the job stopped) is
+    `error: <message>` in every process, exit code 75 (EX_TEMPFAIL: running it again resumes). Processes other than the first of a multi-process job
     (torchrun's RANK, JAX_PROCESS_ID, SLURM_PROCID...) exit with the same codes without printing the line,
     which the first process prints. `parser` defaults to `build_parser` with the first line of main's
     docstring as description.
@@ -79,6 +80,9 @@ def run_main(main, argv=None, parser=None):
         return main(parser.parse_args(argv))
     except UserError as exc:
         message, code = user_message(exc), 2
+    except LostProcessError as exc:  # every process left says it: each node has its own log
+        print(f"error: {exc}", file=sys.stderr)
+        message, code = None, EXIT_LOST_PROCESS
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             message, code = None, EXIT_BROKEN_PIPE

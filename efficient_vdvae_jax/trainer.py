@@ -222,5 +222,9 @@ class JaxTrainer:
     def barrier(self):
         D.sync("efficient_vdvae barrier")
 
+    def is_lost_process(self, exc):
+        """False: JAX's coordination service ends every process itself when one of them is lost."""
+        return False
+
     def close(self):
         pass

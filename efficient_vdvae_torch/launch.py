@@ -3,7 +3,8 @@
     python -m efficient_vdvae_torch.launch [torchrun options] train.py [train.py arguments]
 
 A run that the training processes end themselves ends the launcher quietly with their code: 2 for a
-refused input (process 0 has printed the one line), 143 / 130 for a clean stop on SIGTERM / Ctrl-C (after
+refused input (process 0 has printed the one line), 75 when another node of the job was lost (each process
+left has printed one line; so does the launcher when the lost node hosted the rendezvous), 143 / 130 for a clean stop on SIGTERM / Ctrl-C (after
 the checkpoint). torchrun would add its failure report (a traceback, a table of the processes and its
 shutdown log lines) and exit with 1. Any other failure keeps torchrun's report and exit code.
 
@@ -18,10 +19,13 @@ import sys
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+from efficient_vdvae_core.errors import EXIT_LOST_PROCESS
 
 EXIT_REFUSED = 2
-QUIET_EXITS = {EXIT_REFUSED, 128 + signal.SIGTERM, 128 + signal.SIGINT}  # the processes said why already
-SHUTDOWN_MESSAGES = ("Sending process", "failed (exitcode", "Received ", "closing signal")  # torchrun's log lines
+QUIET_EXITS = {EXIT_REFUSED, EXIT_LOST_PROCESS, 128 + signal.SIGTERM, 128 + signal.SIGINT}  # the processes said why
+SHUTDOWN_MESSAGES = ("Sending process", "failed (exitcode", "Received ", "closing signal", "failed to shutdown the rendezvous")  # torchrun's log lines
 
 
 class _HeldShutdownLog(logging.Filter):
@@ -74,6 +78,10 @@ def main(argv=None):
         if code == EXIT_REFUSED and (first is None or first.exitcode != EXIT_REFUSED):  # process 0 said nothing
             print(f"error: training process {rank} refused to start (exit code 2) and the others were stopped; "
                   "run train.py in one process to see why", file=sys.stderr)
+    except RendezvousError as exc:  # the node that hosts the rendezvous stopped: this node's processes are ended
+        print(f"error: lost the rendezvous of the job ({type(exc).__name__}): the node that hosts it stopped; "
+              "run the same command on every node to resume from the last checkpoint", file=sys.stderr)
+        code = EXIT_LOST_PROCESS
     except SignalException as exc:
         code = 128 + (signal.SIGINT if state["interrupted"] else exc.sigval)
     finally:

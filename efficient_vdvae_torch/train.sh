@@ -26,6 +26,7 @@ if [ "${NUM_NODES:-1}" != 1 ]; then
   rendezvous="--nnodes=$NUM_NODES --rdzv_backend=c10d --rdzv_endpoint=$RDZV_ENDPOINT --rdzv_id=${RDZV_ID:-efficient_vdvae}"
 fi
 export NCCL_LL_THRESHOLD="${NCCL_LL_THRESHOLD:-0}"
+export TORCH_CPP_LOG_LEVEL="${TORCH_CPP_LOG_LEVEL:-ERROR}"  # no C++ warnings with stack frames when a node is lost
 # shellcheck disable=SC2086
 exec "${PYTHON:-python}" "$here/launch.py" ${TORCHRUN_ARGS:-$rendezvous} \
   --nproc_per_node="$NUM_GPUS_PER_NODE" "$here/train.py" "$@"

@@ -198,5 +198,8 @@ class TorchTrainer:
     def barrier(self):
         distributed.barrier()
 
+    def is_lost_process(self, exc):
+        return distributed.is_lost_process(exc)
+
     def close(self):
         self._eval_loaders = {}

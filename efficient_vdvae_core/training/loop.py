@@ -15,6 +15,7 @@ checkpoint write (by [run] checkpoint_write_failure), a full disk while writing 
 [train] max_consecutive_skips skipped updates in a row.
 """
 import math
+import re
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointFolder, adopt_original_file, disk_error_message
 from efficient_vdvae_core.config import is_binarized
 from efficient_vdvae_core.data import make_dataset
-from efficient_vdvae_core.errors import UserError
+from efficient_vdvae_core.errors import LostProcessError, UserError
 from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan, EvalRows
 from efficient_vdvae_core.images import make_grid
 from efficient_vdvae_core.metrics import effective_pixels, report_unit_name
@@ -69,10 +70,23 @@ def run_training(config, paths, framework, dist, *, log=print, init_checkpoint=N
         if message is None:
             raise
         raise UserError(message) from None
+    except Exception as exc:
+        if dist.n_processes == 1 or not run.backend.is_lost_process(exc):
+            raise
+        raise LostProcessError(lost_process_message(exc, dist, run)) from None
     finally:
         run.close()
     log(f"Finished training after {run.step} steps. Logs: {paths.logs}  Checkpoints: {paths.checkpoints}")
     return run
+
+
+def lost_process_message(exc, dist, run):
+    """The line of a process whose collective failed because another process of the job stopped or hung."""
+    reason = re.sub(r"^\[[^\]]*\] ", "", str(exc).strip().splitlines()[0])  # without the C++ source location
+    reason = reason.split(". ")[0].rstrip(".")
+    return (f"process {dist.process_index} of {dist.n_processes} lost contact with the others at step {run.step} "
+            f"({reason}): a node or process of the job stopped, or hung longer than the collective timeout; "
+            f"{run.folder.newest_intact()}; run the same command on every node to resume")
 
 
 class TrainingRun:

@@ -14,7 +14,7 @@ CASES = {name: overrides(*rest) for name, *rest in UNUSUAL}
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
 @pytest.mark.parametrize("framework", ["torch"], indirect=True)
-@pytest.mark.parametrize("name", ["two_levels", "three_levels"])
+@pytest.mark.parametrize("name", ["two_levels"])
 def test_two_processes_train_unusual_architectures(framework, name, tmp_path):
     sets = [*CASES[name], "train.checkpoint_and_eval_interval_in_steps=3"]
     env = dict(python_env(), NUM_GPUS_PER_NODE="2", PYTHON=sys.executable)
