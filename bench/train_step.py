@@ -4,7 +4,8 @@
 
 Prints one JSON line: median seconds per step, images per second, peak memory (max RSS of the
 process on CPU; torch.cuda.max_memory_allocated, or the JAX device's peak_bytes_in_use, on GPU) and
-the NELBO of the first step in the reported unit (to check that two variants compute the same thing).
+the NELBO of the first step in the reported unit (to check that two variants compute the same thing) and of
+the last (after warmup + steps updates on the same batch).
 It also prints the step's FLOP (efficient_vdvae_core.flops: the convolutions and products, backward
 counted as 2 x forward), the achieved GFLOP/s, the fp32 and bf16 GEMM and 3x3-convolution peaks measured
 afterwards in the same process at the same thread count (bench/peaks.py) and the utilisation: achieved /
@@ -49,8 +50,8 @@ def batch_nhwc(config, size, seed=0):
 
 
 def time_steps(step, warmup, steps):
-    """(per-step seconds of the timed steps, first-step seconds, NELBO of the first step in nats per dim)."""
-    times, first_time, first_loss = [], None, None
+    """(per-step seconds of the timed steps, first-step seconds, NELBO of the first and last steps in nats per dim)."""
+    times, first_time, losses = [], None, []
     for i in range(warmup + steps):
         start = time.perf_counter()
         out = step(i)
@@ -58,8 +59,8 @@ def time_steps(step, warmup, steps):
         if i >= warmup:
             times.append(elapsed)
         first_time = elapsed if first_time is None else first_time
-        first_loss = out.recon_nats_per_dim + out.kl_nats_per_dim if first_loss is None else first_loss
-    return times, first_time, first_loss
+        losses.append(out.recon_nats_per_dim + out.kl_nats_per_dim)
+    return times, first_time, (losses[0], losses[-1])
 
 
 def one_process(n_shards=1):
@@ -101,25 +102,28 @@ def run_torch(args, config):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"  # as train.py: on
+    torch.backends.cudnn.benchmark = True
     step, device = make_torch_step(config, batch_nhwc(config, args.batch_size))
-    times, first_time, first_loss = time_steps(step, args.warmup, args.steps)
+    times, first_time, losses = time_steps(step, args.warmup, args.steps)
     cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"device": str(device), "threads": torch.get_num_threads(), "keep_freed_memory": kept,
-            "peak_memory_kind": "cuda_max_allocated" if cuda else "max_rss"}, times, first_time, first_loss, peak
+            "peak_memory_kind": "cuda_max_allocated" if cuda else "max_rss"}, times, first_time, losses, peak
 
 
 def run_jax(args, config):
     from efficient_vdvae_jax.utils import cpu
     prepared = cpu.prepare()  # as JAX train.py does, before the first JAX computation
     import jax
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if args.tf32 == "on" else "highest")
     step, mesh = make_jax_step(config, batch_nhwc(config, args.batch_size))
-    times, first_time, first_loss = time_steps(step, args.warmup, args.steps)
+    times, first_time, losses = time_steps(step, args.warmup, args.steps)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     peak = stats["peak_bytes_in_use"] if stats else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"device": f"{device.platform} x{mesh.devices.size}", "threads": "xla default", **prepared,
-            "peak_memory_kind": "device_peak_bytes_in_use" if stats else "max_rss"}, times, first_time, first_loss, peak
+            "peak_memory_kind": "device_peak_bytes_in_use" if stats else "max_rss"}, times, first_time, losses, peak
 
 
 def utilisation(config, args, median):
@@ -144,22 +148,26 @@ def main():
                         help="untimed steps first (the allocator reaches its steady state in about 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); JAX uses XLA's default thread pool")
+    parser.add_argument("--tf32", choices=("on", "off"), default="on",
+                        help="GPU: float32 products in TF32 (train.py's setting) or in full float32")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if args.warmup < 1 and args.framework == "jax":
         parser.error("--framework jax needs --warmup >= 1 (the first step compiles)")
     config, _ = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
     runner = run_jax if args.framework == "jax" else run_torch
-    info, times, first_time, first_loss, peak = runner(args, config)
+    info, times, first_time, losses, peak = runner(args, config)
     median = statistics.median(times)
     e = effective_pixels(config.data)
-    first_loss *= e * report_scale(is_binarized(config.data), e)  # nats per dim -> bits/dim or nats/image
+    scale = e * report_scale(is_binarized(config.data), e)  # nats per dim -> bits/dim or nats/image
+    first_loss, last_loss = (loss * scale for loss in losses)
     record = {"framework": args.framework, "config": args.config, "batch_size": args.batch_size,
               "device": info["device"], "threads": info["threads"], "overrides": args.overrides,
               "steps": args.steps, "median_s_per_step": round(median, 4),
               "images_per_s": round(args.batch_size / median, 3),
               "peak_memory_gib": round(peak / 2 ** 30, 3), "peak_memory_kind": info["peak_memory_kind"],
-              "first_step_nelbo": first_loss, "keep_freed_memory": info["keep_freed_memory"]}
+              "first_step_nelbo": first_loss, "last_step_nelbo": last_loss, "tf32": args.tf32,
+              "keep_freed_memory": info["keep_freed_memory"]}
     record.update(utilisation(config, args, median))
     if args.framework == "jax":
         record["eigen_convolutions"] = info["eigen_convolutions"]

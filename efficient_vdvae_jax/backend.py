@@ -3,6 +3,7 @@ import jax
 
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.memory import host_memory_available
+from efficient_vdvae_core.precision import cpu_bf16_flags
 from efficient_vdvae_core.training.backend import Dist
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import read_weights  # noqa: F401  (a Framework function)
@@ -54,9 +55,16 @@ def check_options(config):
     for key, why in TORCH_ONLY.items():
         if getattr(config.train, key):
             raise UserError(f"[train] {key} = True is a PyTorch option ({why}): set it to False for JAX")
-    if config.train.mixed_precision != "none":
-        raise UserError(f"[train] mixed_precision = '{config.train.mixed_precision}' is not supported by the JAX "
-                        "side yet: set it to 'none'")
+
+
+def bf16_support(dist):
+    """(whether this process's devices run bf16 at speed, the device in words): a GPU of compute capability >= 8.0,
+    a CPU with bf16 instructions."""
+    device = jax.local_devices()[0]
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", "0")
+        return float(capability) >= 8.0, f"GPU {device.id} (compute capability {capability})"
+    return bool(cpu_bf16_flags()), "this machine's CPU"
 
 
 def trainer(config, dist, log=print):

@@ -23,6 +23,7 @@ from efficient_vdvae_core.params import jax_params_to_torch_state_dict, torch_st
 from efficient_vdvae_jax.data.loaders import TrainStream, plan_batches
 from efficient_vdvae_jax.evaluation import evaluate_batch_fn, eval_output, output_means, prior_sample_fn, seed_key
 from efficient_vdvae_jax.model.autoencoder import build_model
+from efficient_vdvae_jax.model.layers import compute_dtype
 from efficient_vdvae_jax.model.losses import vae_objective
 from efficient_vdvae_jax.utils import distributed as D
 from efficient_vdvae_jax.utils.checkpoint import OrbaxCodec, abstract_like
@@ -56,6 +57,7 @@ def make_train_step(graphdef, rest, config, arch, tx, mask):
     """fn(state, images, hyper, noise=None) -> (state, metrics): one iteration on the global batch."""
     l2 = config.loss.l2_weight if config.loss.use_weight_decay else 0.0
     decay = config.train.ema_decay
+    dtype = jnp.bfloat16 if config.train.mixed_precision == "bf16" else None
 
     def step_fn(state, images, hyper, noise=None):
         if noise is None:
@@ -63,8 +65,9 @@ def make_train_step(graphdef, rest, config, arch, tx, mask):
 
         def loss_fn(params):
             model = merge_model(graphdef, params, rest)
-            logits, posteriors, priors = model(images, noise=noise)
-            obj = vae_objective(logits, images, posteriors, priors, config, beta=hyper["beta"],
+            with compute_dtype(dtype):
+                logits, posteriors, priors = model(images, noise=noise)
+            obj = vae_objective(logits.astype(jnp.float32), images, posteriors, priors, config, beta=hyper["beta"],
                                 gamma_on=hyper["gamma_on"], batch_size=images.shape[0])
             return obj.loss, {"recon": obj.recon_nats_per_dim, "kl": obj.kl_nats_per_dim,
                               "kl_layers": obj.kl_per_layer_bits_per_latent}
@@ -87,7 +90,7 @@ PROGRAMS_KEPT = 4  # configs whose programs a process keeps
 def program_key(config):
     """The parts of a config that the jitted step, evaluation and sampling programs read (and nothing else)."""
     return (config.model, config.data, config.loss, config.optimizer, config.run.seed, config.train.ema_decay,
-            config.synthesis.output_temperature)
+            config.train.mixed_precision, config.synthesis.output_temperature)
 
 
 @dataclass

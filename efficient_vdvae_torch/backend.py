@@ -6,6 +6,7 @@ import torch
 
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.memory import host_memory_available
+from efficient_vdvae_core.precision import cpu_bf16_flags
 from efficient_vdvae_core.training.backend import Dist
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.utils import distributed
@@ -44,6 +45,14 @@ def memory_available(dist):
         free, _ = torch.cuda.mem_get_info(dist.device)
         return free, f"GPU {dist.device}", 1
     return host_memory_available(), "this machine's RAM", int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def bf16_support(dist):
+    """(whether this process's device runs bf16 at speed, the device in words): a GPU of compute capability >= 8.0,
+    a CPU with bf16 instructions."""
+    if dist.device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False), f"GPU {dist.device}"
+    return bool(cpu_bf16_flags()), "this machine's CPU"
 
 
 def param_shapes(config):

@@ -147,7 +147,7 @@ class TorchTrainer:
                           kl_per_layer_bits=local[2:].cpu().numpy(), grad_norm=norm_value, skipped=skipped)
 
     def _autocast(self):
-        enabled = self.config.train.mixed_precision == "bf16" and self.device.type == "cuda"
+        enabled = self.config.train.mixed_precision == "bf16"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ------------------------------------------------------------------------------ evaluation

@@ -153,7 +153,7 @@ class TrainConfig:
     logging_interval_in_steps: int = field("int", low=1)
     checkpoint_and_eval_interval_in_steps: int = field("int", low=1)
     mixed_precision: str = field("choice", "none", choices=("none", "bf16"),
-                                 doc="bf16 autocast of the networks on CUDA (losses stay float32)")
+                                 doc="'bf16': convolutions and products in bf16 where the CPU/GPU has it (float32 weights, losses)")
     compile: bool = field("bool", False, doc="torch.compile the model for training")
     activation_checkpointing: bool = field("bool", False, doc="recompute block activations in backward")
     channels_last: bool = field("bool", False, doc="channels-last memory format for convolutions")

@@ -56,6 +56,7 @@ class Framework(Protocol):
     def param_shapes(self, config) -> dict: ...  # {torch state_dict name: shape} of the model, nothing allocated
     def read_weights(self, path) -> Any: ...  # efficient_vdvae_core.weights.Weights of any checkpoint
     def memory_available(self, dist) -> tuple: ...  # (free bytes or None, where, replicas sharing them)
+    def bf16_support(self, dist) -> tuple: ...  # (whether this process's device runs bf16, the device in words)
     def trainer(self, config, dist, log) -> "TrainBackend": ...
 
 

@@ -14,6 +14,7 @@ from efficient_vdvae_core.config import load_config
 from efficient_vdvae_core.data import check_files, make_dataset
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.memory import check_fits_memory, training_memory
+from efficient_vdvae_core.precision import check_precision
 from efficient_vdvae_core.runs import RunLock, resolve_run_config, run_paths
 from efficient_vdvae_core.training.loop import run_training
 from efficient_vdvae_core.training.preemption import StopRun
@@ -31,6 +32,7 @@ def check_training_inputs(config, paths, framework, dist, init_checkpoint=None):
     checkpoints `init_checkpoint`, must fit the model.
     """
     framework.check_options(config)
+    check_precision(config, *framework.bf16_support(dist))
     if config.train.batch_size % dist.n_shards:
         raise UserError(f"[train] batch_size = {config.train.batch_size} is not divisible by the {dist.n_shards} "
                         f"replicas ({dist.description}); choose a multiple of {dist.n_shards}")

@@ -25,7 +25,7 @@ class GaussianLatentLayer(nnx.Module, pytree=False):
 
     def stats(self, x, prior_stats=None):
         """Statistics [mean, std-or-logstd], each (B, H, W, V)."""
-        mean, raw = jnp.split(self.projection(x), 2, axis=-1)
+        mean, raw = jnp.split(self.projection(x).astype(jnp.float32), 2, axis=-1)  # float32 under bf16 mixed precision
         if self.distribution_base == "std":
             std = softplus(raw, self.beta)
             if prior_stats is not None:

@@ -8,6 +8,8 @@ All modules of the model are nnx graph nodes with `pytree=False`: they are used 
 API (nnx.split / merge / state / jit / grad), and skipping the per-attribute pytree checks makes
 building the big configs (thousands of parameters) faster, abstractly or not.
 """
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -69,10 +71,29 @@ class Conv2d(nnx.Module, pytree=False):
         self.bias = nnx.Param(bias)
 
     def __call__(self, x):
-        return conv(x, self.kernel[...], self.stride) + self.bias[...]
+        y = conv(x, self.kernel[...], self.stride)
+        return y + self.bias[...].astype(y.dtype)
 
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+_COMPUTE_DTYPE = contextvars.ContextVar("compute_dtype", default=None)
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype):
+    """While tracing inside it, convolutions and products cast their inputs and kernels to `dtype` (None: as they
+    come) and make outputs of `dtype`: [train] mixed_precision = 'bf16'. Gradients of the float32 kernels stay
+    float32 (the cast is differentiated)."""
+    token = _COMPUTE_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _COMPUTE_DTYPE.reset(token)
+
+
+def _cast(*arrays):
+    dtype = _COMPUTE_DTYPE.get()
+    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
 
 
 def conv(x, kernel, stride=(1, 1)):
@@ -80,6 +101,7 @@ def conv(x, kernel, stride=(1, 1)):
     convolution with 'same' padding (on the CPU its Eigen path, utils/cpu.py, gradients included)."""
     if kernel.shape[:2] == (1, 1) and tuple(stride) == (1, 1):
         return conv1x1(x, kernel)
+    x, kernel = _cast(x, kernel)
     return jax.lax.conv_general_dilated(x, kernel, stride, same_padding(kernel.shape[:2], stride),
                                         dimension_numbers=_DIMENSIONS)
 
@@ -88,6 +110,7 @@ def conv1x1(x, kernel):
     """A 1x1 conv as one matrix product over all pixels (NHWC): whole training steps are faster with it
     than with XLA:CPU's convolution, through YNNPACK or Eigen (bench/README.md)."""
     batch, height, width, channels = x.shape
+    x, kernel = _cast(x, kernel)
     y = jnp.dot(x.reshape(-1, channels), kernel.reshape(channels, -1))
     return y.reshape(batch, height, width, -1)
 
@@ -129,8 +152,8 @@ class ResidualConvCell(nnx.Module, pytree=False):
             raise ValueError("a residual cell takes one input")
         elif first.kernel.shape[:2] == (1, 1):
             kernel, split = first.kernel[...], x.shape[-1]
-            y = (conv1x1(silu(x), kernel[:, :, :split]) + conv1x1(silu(extra), kernel[:, :, split:])
-                 + first.bias[...])
+            y = conv1x1(silu(x), kernel[:, :, :split]) + conv1x1(silu(extra), kernel[:, :, split:])
+            y = y + first.bias[...].astype(y.dtype)
         else:
             y = first(silu(jnp.concatenate([x, extra], axis=-1)))
         for i in range(3, len(self.convs), 2):

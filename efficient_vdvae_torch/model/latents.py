@@ -21,7 +21,7 @@ class GaussianLatentLayer(nn.Module):
 
     def stats(self, x, prior_stats=None):
         """Posterior/prior statistics [mean, std-or-logstd] of shape (B, V, H, W) each."""
-        mean, raw = torch.chunk(self.projection(x), 2, dim=1)
+        mean, raw = torch.chunk(self.projection(x).float(), 2, dim=1)  # float32 under bf16 mixed precision
         if self.distribution_base == "std":
             std = F.softplus(raw, beta=self.beta)
             if prior_stats is not None:

@@ -41,8 +41,20 @@ class Conv2d(nn.Conv2d):
         if self._explicit_pad is not None:
             x = F.pad(x, self._explicit_pad)
         if _is_gemm_1x1(self, x):
-            return _Conv1x1.apply(self.weight, self.bias, False, _layout(x), x)
+            return _Conv1x1.apply(*_cast(x, self.weight, self.bias), False, _layout(x), *_cast(x, x))
         return super().forward(x)
+
+
+def _cast(x, *tensors):
+    """`tensors` in the dtype convolutions of `x` run in: autocast's (bf16 mixed precision) or unchanged.
+
+    The custom autograd functions below see one dtype throughout; the casts are autograd operations, so
+    the float32 master weights receive float32 gradients.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 # Below this many pixels per image the per-image products are too small to beat oneDNN's conv, and
@@ -61,7 +73,8 @@ def _is_gemm_1x1(conv, x):
     (bench/train_step.py: cifar10_baseline).
     """
     return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and x.device.type == "cpu" and x.dim() == 4
-            and x.shape[2] * x.shape[3] >= MIN_GEMM_PIXELS and conv.weight.dtype == x.dtype
+            and x.shape[2] * x.shape[3] >= MIN_GEMM_PIXELS
+            and (conv.weight.dtype == x.dtype or torch.is_autocast_enabled("cpu"))
             and _layout(x) is not None)
 
 
@@ -187,9 +200,9 @@ def silu_conv(x, conv, out_layout=None):
     A CPU GEMM 1x1 conv makes its output in `out_layout` ("nchw" or "nhwc"; default: x's layout).
     """
     if _is_gemm_1x1(conv, x):
-        return _Conv1x1.apply(conv.weight, conv.bias, True, out_layout or _layout(x), x)
+        return _Conv1x1.apply(*_cast(x, conv.weight, conv.bias), True, out_layout or _layout(x), *_cast(x, x))
     if torch.is_grad_enabled() and conv._explicit_pad is None and conv.stride == (1, 1):
-        return _SiLUConv.apply(x, conv.weight, conv.bias, conv.padding)
+        return _SiLUConv.apply(*_cast(x, x, conv.weight, conv.bias), conv.padding)
     return conv(F.silu(x))
 
 
@@ -231,7 +244,7 @@ class ResidualConvCell(nn.Module):
         elif self.residual:
             raise ValueError("a residual cell takes one input")
         elif gemm:
-            y = _Conv1x1.apply(first.weight, first.bias, True, inner or _layout(x), x, extra)
+            y = _Conv1x1.apply(*_cast(x, first.weight, first.bias), True, inner or _layout(x), *_cast(x, x, extra))
         else:
             y = silu_conv(torch.cat([x, extra], dim=1), first)
         for i in range(3, len(self.convs) - 2, 2):  # the inner (SiLU, conv) pairs

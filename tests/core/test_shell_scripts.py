@@ -3,6 +3,7 @@ invokes them, with fake `python` and `docker` commands on PATH: no GPU, network 
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPTS = ["efficient_vdvae_torch/train.sh", "efficient_vdvae_torch/reset.sh", "efficient_vdvae_jax/reset.sh",
-           "docker_run.sh", "data_scripts/download_and_preprocess.sh"]
+           "docker_run.sh", "data_scripts/download_and_preprocess.sh", "bench/gpu_check.sh"]
 LAUNCH, TRAIN = str(REPO / "efficient_vdvae_torch" / "launch.py"), str(REPO / "efficient_vdvae_torch" / "train.py")
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 pytestmark = pytest.mark.skipif(not SHELLS, reason="neither dash nor bash installed")
@@ -161,3 +162,11 @@ def test_docker_run_builds_from_build_folder_and_forwards_the_command(shell, tmp
     assert f"{REPO}:/workspace/Efficient-VDVAE" in docker_run
     assert docker_run[-4:] == ["efficient_vdvae_image", "sh", "-c", "cd efficient_vdvae_torch && sh train.sh"]
     assert (tmp_path / "home" / ".cache" / "efficient_vdvae").is_dir()
+
+
+@pytest.mark.parametrize("shell", SHELLS[:1])
+def test_gpu_check_without_cuda_says_so_and_writes_nothing(shell, tmp_path):
+    out = run(shell, "bench/gpu_check.sh", tmp_path / "gpu.json", env={"PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0 and out.stdout == ""
+    assert out.stderr == "gpu_check.sh: no CUDA device visible to torch (torch.cuda.is_available() is False); nothing run\n"
+    assert not (tmp_path / "gpu.json").exists()
