@@ -69,6 +69,9 @@ class Codec(Protocol):
 
 CHECKSUM_KEY = "payload_sha256"  # meta key of the checksum of all arrays (the first checkpoints with checksums)
 PART_CHECKSUMS_KEY = "part_sha256"  # meta key of {part: checksum of its arrays}, e.g. weights, EMA, optimizer
+PART_LABELS = {"model_state_dict": "weights", "params": "weights", "ema_model_state_dict": "EMA weights",
+               "ema": "EMA weights", "optimizer_state_dict": "optimizer state", "opt_state": "optimizer state",
+               "payload": "arrays"}  # the parts as messages name them, alike in both frameworks
 
 
 def payload_checksum(named_arrays):
@@ -100,7 +103,8 @@ def verify_checksum(path, meta, parts, whole=None):
     if whole is not None and stored is not None and payload_checksum(whole()) != stored:
         changed.append("payload")
     if changed:
-        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch of {', '.join(changed)}: its arrays "
+        labels = ", ".join(PART_LABELS.get(part, part) for part in changed)
+        raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch of its {labels}: they "
                               "changed after it was written, e.g. a flipped bit on disk)")
 
 
