@@ -1,4 +1,5 @@
-"""SIGKILL anywhere, then the same command again: the final state is bit-identical to a run never interrupted.
+"""SIGKILL anywhere, then the same command again: the final state is bit-identical to a run never interrupted;
+the loader workers that outlive a killed PyTorch run for seconds do not hold its lock.
 
 PyTorch: killed during start-up, halfway through writing a checkpoint, right after its rename and at a
 random moment; every restart resumes from the newest complete checkpoint and removes the leftover
@@ -7,6 +8,7 @@ PYTHONPATH (test code only), which wraps torch.save / os.replace when EVDVAE_TES
 is set. JAX: killed at whatever point it has reached when a checkpoint appears, then resumed in this
 process (its programs are compiled already).
 """
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ EVERY_STEP = "train.checkpoint_and_eval_interval_in_steps=1"
 SITECUSTOMIZE = '''
 """Test-only fault injection, imported at start-up: EVDVAE_TEST_KILL=<point>:<step> SIGKILLs this process
 'mid_write' halfway through writing checkpoint <step>, or 'after_rename' right after it is renamed into place."""
+import os
 import os
 import signal
 
@@ -179,3 +182,45 @@ def test_jax_sigkill_then_restart_gives_the_uninterrupted_result(framework, refe
     assert framework.steps(tmp_path) == [end - 1, end] and framework.temporaries(tmp_path) == []
     for step, path in framework.folder(tmp_path).list():
         assert_same_state(framework, path, reference.states[step])
+
+
+def children(pid):
+    """PIDs of the live processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("framework", ["torch"], indirect=True)
+def test_sigkill_while_loader_workers_live_on_then_an_immediate_restart_is_not_refused(framework, tmp_path, capsys):
+    """The DataLoader workers of a SIGKILLed run outlive it for seconds; the run's lock is not theirs to hold."""
+    command = train_command(framework, tmp_path, 10_000, EVERY_STEP, "run.num_cpus=2")
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(command, env=python_env(), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    workers = []
+    try:
+        wait_for(lambda: framework.steps(tmp_path) and children(proc.pid), proc)
+        workers = children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == SIGKILLED
+        assert any(Path(f"/proc/{w}").exists() for w in workers), "no loader worker outlived the killed run"
+        newest = framework.steps(tmp_path)[-1]
+        capsys.readouterr()
+        train_here(framework, tmp_path, newest + 1, EVERY_STEP)  # at once: not refused as "in use"
+        assert RESUMED.search(capsys.readouterr().out).group(2) == str(newest)
+        assert framework.steps(tmp_path)[-1] == newest + 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers:  # only while it is still this run's worker (a PID can be reused)
+            try:
+                if "train.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
