@@ -77,7 +77,12 @@ def inference(config, dist, params, log=print):
 
 
 def sample_quality_scorer():
-    """fn(real folder, generated folder, inception file) -> report of FID, IS and precision/recall."""
-    from efficient_vdvae_torch.sample_quality import evaluate_folders
+    """fn(inception file) -> fn(real folder, generated folder, splits=, k=) -> report of FID, IS and precision/recall;
+    the first call reads the detector, so that a bad file is refused before any image is written."""
+    from efficient_vdvae_torch.sample_quality import evaluate_folders, load_detector
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return lambda real, fake, inception: evaluate_folders(real, fake, inception, device=device)
+
+    def with_detector(inception):
+        load_detector(inception, device)
+        return lambda real, fake, **options: evaluate_folders(real, fake, inception, device=device, **options)
+    return with_detector

@@ -25,6 +25,6 @@ Fixes of the original's data defects:
 * MNIST / CIFAR-10 download into `download_dir` with md5 checks and resume, no TensorFlow needed.
 """
 from efficient_vdvae_core.data.dataset import SPLITS, ImageDataset, make_dataset
-from efficient_vdvae_core.data.sources import check_files
+from efficient_vdvae_core.data.sources import check_files, dataset_label
 
-__all__ = ["SPLITS", "ImageDataset", "check_files", "make_dataset"]
+__all__ = ["SPLITS", "ImageDataset", "check_files", "dataset_label", "make_dataset"]

@@ -71,6 +71,14 @@ def imagenet_release(data_cfg, part):
     return "oord" if files and all(f.lower().endswith(".png") for f in files) else "box"
 
 
+def dataset_label(data_cfg, part):
+    """What an NLL is computed on, e.g. 'cifar-10 32x32' or 'imagenet 32x32, the benchmark release of ...'."""
+    label = f"{data_cfg.dataset_source} {data_cfg.target_res}x{data_cfg.target_res}"
+    if data_cfg.dataset_source == "imagenet":
+        label += ", " + IMAGENET_RELEASES[imagenet_release(data_cfg, part)]
+    return label
+
+
 def _data_folder(data_cfg, part):
     key = PATH_KEYS[part]
     raw = getattr(data_cfg, key)

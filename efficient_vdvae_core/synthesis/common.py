@@ -6,6 +6,7 @@ the output temperature, e.g. `ema-step200-out1`, `raw-step200-masked-q0.03-out1`
 with `settings.json` beside the images. So successive invocations with different settings never
 overwrite or mix each other's images, and the same settings reproduce the same folder.
 """
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -91,17 +92,16 @@ def output_folder(ctx, mode_folder, record=None, **settings):
     return folder
 
 
+def temperatures_tag(temperatures):
+    """The folder tag of per-layer temperatures: the temperature when all are equal, else a hash of the list."""
+    values = [float(t) for t in temperatures]
+    if len(set(values)) == 1:
+        return values[0]
+    return "h" + hashlib.sha256(json.dumps(values).encode()).hexdigest()[:8]
+
+
 def _compact(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def dataset_label(data, part="test"):
-    """What an NLL was computed on, e.g. 'cifar-10 32x32' or 'imagenet 32x32, the benchmark release of ...'."""
-    label = f"{data.dataset_source} {data.target_res}x{data.target_res}"
-    if data.dataset_source == "imagenet":
-        from efficient_vdvae_core.data.sources import IMAGENET_RELEASES, imagenet_release
-        label += ", " + IMAGENET_RELEASES[imagenet_release(data, part)]
-    return label
 
 
 def open_split(config, split, max_images=None, **kwargs):

@@ -12,6 +12,7 @@ import json
 import numpy as np
 
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.data import dataset_label
 from efficient_vdvae_core.iw_nll import ImportanceSampledBounds, sample_chunks, summarize
 from efficient_vdvae_core.metrics import effective_pixels
 from efficient_vdvae_core.runs import atomic_write_text
@@ -41,7 +42,7 @@ def run_iw_nll(ctx):
     summary = summarize(bounds, elbos, n_samples=syn.iw_samples, binarized=is_binarized(cfg.data),
                         effective_pixels=effective_pixels(cfg.data))
     folder = common.output_folder(ctx, "iw_nll", K=syn.iw_samples)
-    report = {"mode": "iw_nll", "split": "test", "dataset": common.dataset_label(cfg.data), **summary.to_dict(),
+    report = {"mode": "iw_nll", "split": "test", "dataset": dataset_label(cfg.data, "test"), **summary.to_dict(),
               "checkpoint": str(ctx.loaded.checkpoint), "checkpoint_step": ctx.loaded.step,
               "weights": ctx.loaded.weights, "seed": cfg.run.seed, "framework": ctx.framework,
               "per_image_nll_nats": (-bounds).tolist()}

@@ -51,7 +51,8 @@ def run_interpolation(ctx):
     if len(dataset) < 2 * pairs:
         raise UserError(f"[synthesis] interpolation_pairs = {pairs} needs {2 * pairs} test images, the test split "
                         f"has {len(dataset)}")
-    folder = common.output_folder(ctx, "interpolated", record={"pairs": pairs, "methods": list(METHODS)}, n=points)
+    folder = common.output_folder(ctx, "interpolated", record={"pairs": pairs, "methods": list(METHODS)}, n=points,
+                                  out=syn.output_temperature)
     fractions = interpolation_fractions(points)
     ctx.log(f"Interpolating {pairs} pairs of test images at {points} points ({' and '.join(METHODS)})")
     written, plan = [], common.plan_for(ctx, points)
@@ -81,7 +82,9 @@ def run_conditional(ctx):
     folder = common.output_folder(ctx, "conditional", record={"keep_top_layers": list(syn.keep_top_layers),
                                                               "samples": syn.conditional_samples,
                                                               "prior_temperatures": temperatures},
-                                  t=float(temperatures[0]) if len(set(temperatures)) == 1 else None)
+                                  k="_".join(map(str, syn.keep_top_layers)), s=syn.conditional_samples,
+                                  t=common.temperatures_tag(temperatures),
+                                  out=syn.output_temperature)
     ctx.log(f"Conditional samples of {len(dataset)} test images, keeping the top {list(syn.keep_top_layers)} of "
             f"{n_layers} latent layers ({syn.conditional_samples} samples each)")
     plan = common.plan_for(ctx, len(dataset))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from efficient_vdvae_core.data import dataset_label
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import atomic_write_text
 from efficient_vdvae_core.synthesis import common
@@ -18,6 +19,7 @@ from efficient_vdvae_core.temperatures import layer_temperatures
 from efficient_vdvae_core.training.images import images_to_uint8
 
 REPORT_FILE = "sample_quality.json"
+IS_SPLITS, PR_K = 10, 3  # the usual Inception Score splits and k of precision/recall (fewer for fewer images)
 
 
 def _write_real(ctx, folder, n):
@@ -41,7 +43,7 @@ def _write_generated(ctx, folder, n):
 
 
 def run_sample_quality(ctx, scorer):
-    """The sample-quality report (also sample_quality.json); `scorer` = evaluate_folders of the PyTorch side."""
+    """The sample-quality report (also sample_quality.json); `scorer`: the framework's sample_quality_scorer()."""
     syn = ctx.config.synthesis
     inception = Path(syn.inception_path).expanduser()
     if scorer is not None and not inception.is_file():
@@ -49,18 +51,20 @@ def run_sample_quality(ctx, scorer):
                         "inception-2015-12-05.pt (StyleGAN2-ADA's metrics network, https://nvlabs-fi-cdn.nvidia.com/"
                         f"stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) to {inception} or set "
                         "the key to where it is")
-    folder = common.output_folder(ctx, "sample_quality", record={"split": "test"}, n=syn.quality_samples)
+    score = None if scorer is None else scorer(inception)  # reads the detector: a bad file is refused here
+    folder = common.output_folder(ctx, "sample_quality", record={"split": "test"}, n=syn.quality_samples,
+                                  out=syn.output_temperature)
     n_real = _write_real(ctx, folder / "real", syn.quality_samples)
     temperatures = _write_generated(ctx, folder / "generated", n_real)
     ctx.log(f"Wrote {n_real} test images and {n_real} prior samples (per-layer temperatures "
             + ", ".join(f"{t:.3g}" for t in temperatures) + f") under {folder}")
     command = (f"python -m efficient_vdvae_torch.sample_quality --real {folder / 'real'} --fake "
                f"{folder / 'generated'} --inception {inception}")
-    if scorer is None:
+    if score is None:
         ctx.log(f"Scoring needs PyTorch (pip install -e '.[torch]'); then run: {command}")
         return None
-    report = scorer(folder / "real", folder / "generated", inception)
-    report.update({"split": "test", "dataset": common.dataset_label(ctx.config.data),
+    report = score(folder / "real", folder / "generated", splits=min(IS_SPLITS, n_real), k=min(PR_K, n_real - 1))
+    report.update({"split": "test", "dataset": dataset_label(ctx.config.data, "test"),
                    "checkpoint": str(ctx.loaded.checkpoint), "checkpoint_step": ctx.loaded.step,
                    "weights": ctx.loaded.weights, "prior_temperatures": list(temperatures),
                    "output_temperature": syn.output_temperature, "framework": ctx.framework})

@@ -11,6 +11,7 @@ import json
 import numpy as np
 
 from efficient_vdvae_core.config import is_binarized
+from efficient_vdvae_core.data import dataset_label
 from efficient_vdvae_core.evaluation import EvalAccumulator, report_scale
 from efficient_vdvae_core.metrics import effective_pixels, report_unit_name
 from efficient_vdvae_core.runs import atomic_write_text
@@ -57,7 +58,7 @@ def run_reconstruction(ctx):
 def write_report(ctx, metrics, units, masks, folder, written, targets):
     """Print the reconstruction summary and write it as JSON beside the images."""
     cfg, syn, loaded = ctx.config, ctx.config.synthesis, ctx.loaded
-    report = {"mode": "reconstruction", "split": "test", "dataset": common.dataset_label(cfg.data),
+    report = {"mode": "reconstruction", "split": "test", "dataset": dataset_label(cfg.data, "test"),
               "n_images": metrics["n_examples"], "units": units,
               "nelbo": metrics["nelbo"], "reconstruction_loss": metrics["reconstruction_loss"],
               "kl_div": metrics["kl_div"], "ssim": metrics["ssim"],

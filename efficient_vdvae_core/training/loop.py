@@ -24,7 +24,7 @@ from tqdm import tqdm
 from efficient_vdvae_core.architecture import build_architecture
 from efficient_vdvae_core.checkpoints import Checkpoint, CheckpointFolder, adopt_original_file, disk_error_message
 from efficient_vdvae_core.config import is_binarized
-from efficient_vdvae_core.data import make_dataset
+from efficient_vdvae_core.data import dataset_label, make_dataset
 from efficient_vdvae_core.errors import LostProcessError, UserError
 from efficient_vdvae_core.evaluation import EvalAccumulator, EvalPlan, EvalRows
 from efficient_vdvae_core.images import make_grid
@@ -161,6 +161,7 @@ class TrainingRun:
         total, interval = cfg.train.total_train_steps, cfg.train.checkpoint_and_eval_interval_in_steps
         train_set = make_dataset(cfg.data, "train", seed=cfg.run.seed)
         self.val_set = make_dataset(cfg.data, "val", seed=cfg.run.seed, n_samples=cfg.val.n_samples_for_validation)
+        self.val_label = dataset_label(cfg.data, "val")  # the NLL's dataset (and ImageNet release)
         self.logger = RunLogger(self.paths, enabled=self.dist.is_main)
         unit = "nats" if self.binarized else "bpd"
         bar = tqdm(total=total, initial=self.step, disable=not progress, dynamic_ncols=True, desc=cfg.run.name,
@@ -276,7 +277,7 @@ class TrainingRun:
         unit = report_unit_name(self.binarized)
         self.log(f"\nValidation step {self.step} | reconstruction {metrics['reconstruction_loss']:.4f} | KL "
                  f"{metrics['kl_div']:.4f} | NELBO {metrics['nelbo']:.6f} {unit} | SSIM {metrics['ssim']:.4f} | "
-                 f"active groups {metrics['active_groups']}/{self.n_layers}")
+                 f"active groups {metrics['active_groups']}/{self.n_layers} ({self.val_label})")
         prior, prior_means = self.backend.prior_samples(grid_images(), self.step)
         histograms = tags.parameter_histograms(self.backend.parameters_and_gradients()) if self.dist.is_main else []
         if self.dist.is_main:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from efficient_vdvae_core.randomness import IW_NLL
 from efficient_vdvae_core.runs import run_paths
 from tests.behaviour.synthesis_worker import load_results, run_jobs
 from tests.conftest import EGS, REPO
+from tests.tiny_detector import write_tiny_detector
 
 FRAMEWORKS = ["torch", "jax"]
 SEED = 420  # run.seed of both tiny configs
@@ -32,6 +34,12 @@ PRUNE = "synthesis.variate_masks_quantile=0.25"
 TEMPERATURES = "[1, 0.7, ('linear', 0.5, 1.0), [0.2, 0.4, 0.6, 0.8, 1.0]]"
 BINARIZED_TEMPERATURES = "[1., ('linear', 0.5, 1.0)]"
 CHECKPOINT_NAME = {"torch": f"checkpoint_{STEPS}.pt", "jax": f"checkpoint_{STEPS}"}
+IW_K4 = ["synthesis.iw_samples=4", "synthesis.iw_batch=3"]  # passes of 3 + 1 samples
+INTERPOLATION_SETS = ["synthesis.interpolation_pairs=3", "synthesis.interpolation_points=5"]
+CONDITIONAL_SETS = ["synthesis.keep_top_layers=[0, 3, 6]", "synthesis.conditional_samples=2",
+                    "synthesis.output_temperature=0.01"]  # (nearly) the output head's mode: the latents show
+QUALITY_SAMPLES = 6
+DETECTOR = "tiny_detector.pt"  # tests.tiny_detector, written into the tmp folder of each RGB run
 
 
 def jax_env(cache_dir, devices=1):
@@ -114,6 +122,13 @@ def rgb_jobs(fw, work, tmp):
         ("encode_pruned", synth(fw, work, "encoding", PRUNE, extra=["--max-images", 5])),
         ("decode_default", synth(fw, work, "decoding", extra=["--max-images", 3])),
         ("generation", synth(fw, work, "generation", f"synthesis.temperature_settings={TEMPERATURES}")),
+        ("iw_k1", synth(fw, work, "iw_nll", "synthesis.iw_samples=1", extra=six)),
+        ("iw_k4", synth(fw, work, "iw_nll", *IW_K4, extra=six)),
+        ("evaluate_iw", kernel(fw, "evaluate", config_file=cfg, workdir=str(work), n=6, batch=6, purpose=IW_NLL)),
+        ("interpolation", synth(fw, work, "interpolation", *INTERPOLATION_SETS)),
+        ("conditional", synth(fw, work, "conditional", *CONDITIONAL_SETS, extra=["--max-images", 2])),
+        ("sample_quality", synth(fw, work, "sample_quality", f"synthesis.quality_samples={QUALITY_SAMPLES}",
+                                 f"synthesis.inception_path='{tmp / DETECTOR}'")),
         ("write_original", {"do": "write_original", "framework": fw, "workdir": str(work), "path": str(original)}),
         ("copy_original_run", copy_logs(work, tmp / "original_run")),
         ("recon_original", synth(fw, tmp / "original_run", "reconstruction", extra=[*six, "--checkpoint", original])),
@@ -126,6 +141,8 @@ def rgb_jobs(fw, work, tmp):
         ("copy_batch3", {"do": "copytree", "src": str(work), "dst": str(tmp / "batch3"),
                          "ignore": ["synthesis-images", "latents"]}),
         ("recon_batch3", synth(fw, tmp / "batch3", "reconstruction", "synthesis.batch_size=3", extra=six)),
+        ("interpolation_batch3", synth(fw, tmp / "batch3", "interpolation", "synthesis.batch_size=3",
+                                       *INTERPOLATION_SETS)),  # pair 1 (images 2, 3) spans two batches
         ("batch3_files", {"do": "hash", "folder": str(run_paths("tiny", tmp / "batch3").synthesis_images)}),
         ("copy_fallback", {"do": "copytree", "src": str(work), "dst": str(tmp / "fallback"),
                            "ignore": ["synthesis-images", "latents"]}),
@@ -136,7 +153,7 @@ def rgb_jobs(fw, work, tmp):
 
 def cross_jobs(fw, tmp, other_work, other_checkpoint):
     """Decoding the other framework's test encodings (all variates kept) with its weights, in a run folder that
-    holds a copy of its saved config: the decoding mode, and the decode logits by hand."""
+    holds a copy of its saved config: the decoding mode, the decode logits by hand, and the IW-NLL."""
     folder = tmp / "other"
     enc = run_paths("tiny", other_work).latents / f"encodings_seed_{SEED}_test"
     return [
@@ -144,6 +161,7 @@ def cross_jobs(fw, tmp, other_work, other_checkpoint):
         ("cross_decode", synth(fw, folder, "decoding", extra=["--encodings", enc, "--checkpoint", other_checkpoint])),
         ("cross_logits", kernel(fw, "decode_logits", config_file=str(EGS / "tiny.cfg"), workdir=str(folder),
                                 encodings=str(enc), checkpoint=str(other_checkpoint))),
+        ("cross_iw", synth(fw, folder, "iw_nll", *IW_K4, extra=["--max-images", 6, "--checkpoint", other_checkpoint])),
     ]
 
 
@@ -174,6 +192,7 @@ class SynthesisRuns:
             tmp = self.factory.mktemp(f"{fw}_rgb")
             work = tmp / "work"
             jobs = rgb_jobs(fw, work, tmp)
+            write_tiny_detector(tmp / DETECTOR)
             if fw == "jax":
                 torch_work, _, _ = self.rgb("torch")
                 jobs += cross_jobs(fw, tmp, torch_work,
@@ -191,7 +210,7 @@ class SynthesisRuns:
         return self._once("cross", make)
 
     def binarized(self, fw):
-        """(workdir, {job name: result}) of the tiny binarized run of `fw`: reconstruction and generation."""
+        """(workdir, {job name: result}) of the tiny binarized run of `fw`: reconstruction, generation, IW-NLL."""
         def make():
             tmp = self.factory.mktemp(f"{fw}_binarized")
             work = tmp / "work"
@@ -199,7 +218,9 @@ class SynthesisRuns:
             jobs = [("train", {"do": "train", "framework": fw, "args": cli_args(work, *RUN_SETS, config=config)}),
                     ("recon", synth(fw, work, "reconstruction", config=config, extra=["--max-images", 5])),
                     ("generation", synth(fw, work, "generation",
-                                         f"synthesis.temperature_settings={BINARIZED_TEMPERATURES}", config=config))]
+                                         f"synthesis.temperature_settings={BINARIZED_TEMPERATURES}", config=config)),
+                    ("iw", synth(fw, work, "iw_nll", "synthesis.iw_samples=2", config=config,
+                                 extra=["--max-images", 3]))]
             return work, run(fw, jobs, tmp / "worker", self.cache)
         return self._once(("binarized", fw), make)
 

@@ -44,14 +44,14 @@ def posterior_std(config, stats):
     return stats[1] if m.distribution_base == "std" else jnp.exp(m.gradient_smoothing_beta * stats[1])
 
 
-def evaluate(config_file, workdir, n, batch):
+def evaluate(config_file, workdir, n, batch, purpose=EVALUATION):
     """Per-image NELBO terms (nats), SSIM and uint8 output samples of the first n test images by
-    evaluate_batch_fn (purpose EVALUATION, counter 0, EMA weights), in batches of `batch` (the last partial)."""
+    evaluate_batch_fn (`purpose`, counter 0, EMA weights), in batches of `batch` (the last partial)."""
     config, paths = open_run(config_file, workdir)
     arch = build_architecture(config.model, config.data)
     graphdef, _, rest = split_model(build_model(config))
     params = jax_tree(ema_params(paths))
-    fn = evaluate_batch_fn(graphdef, rest, config, arch, EVALUATION)
+    fn = evaluate_batch_fn(graphdef, rest, config, arch, purpose)
     images, _ = split_images(config, "test", n)
     outs = []
     for start in range(0, n, batch):

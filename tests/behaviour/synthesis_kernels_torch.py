@@ -48,9 +48,9 @@ def posterior_std(config, stats):
 
 
 @torch.no_grad()
-def evaluate(config_file, workdir, n, batch):
+def evaluate(config_file, workdir, n, batch, purpose=EVALUATION):
     """Per-image NELBO terms (nats), SSIM and uint8 output samples of the first n test images by
-    evaluate_batch (purpose EVALUATION, counter 0, EMA weights), in batches of `batch` (the last partial)."""
+    evaluate_batch (`purpose`, counter 0, EMA weights), in batches of `batch` (the last partial)."""
     config, paths = open_run(config_file, workdir)
     arch = build_architecture(config.model, config.data)
     model = eval_model(config, ema_params(paths))
@@ -58,7 +58,7 @@ def evaluate(config_file, workdir, n, batch):
     outs = []
     for start in range(0, n, batch):
         idx = np.arange(start, min(start + batch, n))
-        outs.append(evaluate_batch(model, nchw(images[idx], DEVICE), config, arch, purpose=EVALUATION, counter=0,
+        outs.append(evaluate_batch(model, nchw(images[idx], DEVICE), config, arch, purpose=purpose, counter=0,
                                    indices=idx, details=True))
     return {"recon_nats": np.concatenate([o.recon_nats for o in outs]),
             "kl_nats": np.concatenate([o.kl_nats for o in outs]), "ssim": np.concatenate([o.ssim for o in outs]),

@@ -116,12 +116,19 @@ SETTING_FOLDERS = {  # invocation -> its folder under synthesis-images/, and wha
     "decode_sampled": ("decoded/copied_encodings/ema-step4-T0.5-out1", {"T": 0.5}),
     "decode_default": (f"decoded/encodings_seed_{SEED}/ema-step4-T0-out1", {"T": 0.0}),
     "generation": ("generated/ema-step4-out1", {"out": 1.0}),
+    "iw_k1": ("iw_nll/ema-step4-K1", {"K": 1, "mode": "iw_nll"}),
+    "iw_k4": ("iw_nll/ema-step4-K4", {"K": 4}),
+    "interpolation": ("interpolated/ema-step4-n5-out1", {"n": 5, "pairs": 3, "methods": ["linear", "spherical"]}),
+    "conditional": ("conditional/ema-step4-k0_3_6-s2-t0.8-out0.01", {"keep_top_layers": [0, 3, 6], "samples": 2,
+                                                                     "t": 0.8, "output_temperature": 0.01}),
+    "sample_quality": ("sample_quality/ema-step4-n6-out1", {"n": 6, "split": "test"}),
 }
 
 
 def test_each_setting_writes_its_own_folder(framework, synthesis_runs):
-    """Raw vs EMA weights, masks, output temperature, decoding temperature and encodings: successive
-    invocations write to their own folders, each with settings.json, none overwriting another."""
+    """Raw vs EMA weights, masks, output temperature, decoding temperature, encodings and the settings of the
+    modes beyond the original: successive invocations write to their own folders, each with settings.json,
+    none overwriting another."""
     work, _, results = synthesis_runs.rgb(framework)
     images = run_paths("tiny", work).synthesis_images
     for name, (folder, recorded) in SETTING_FOLDERS.items():

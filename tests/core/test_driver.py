@@ -202,7 +202,7 @@ def test_logging_and_evaluation_cadence_with_the_last_step(tmp_path):
     per_dim = effective_pixels(run.config.data) * math.log(2)  # the fake: 3000 + 30 nats per image, in bits/dim
     assert val["Losses/nelbo"] == pytest.approx(3030.0 / per_dim, rel=1e-12)
     assert val["Losses/reconstruction_loss"] == pytest.approx(3000.0 / per_dim, rel=1e-12)
-    assert any(line.startswith("\nValidation step 3 |") for line in lines)
+    assert any(line.startswith("\nValidation step 3 |") and line.endswith(" (embedded_rgb 32x32)") for line in lines)
     assert lines[-1].startswith("Finished training after 7 steps.")
 
 

@@ -3,43 +3,20 @@ Inception interface (saved with torch.jit.script to a temporary file; no weights
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from efficient_vdvae_core.images import save_png
 from efficient_vdvae_torch import sample_quality
 from tests.conftest import REPO
-
-
-class TinyDetector(torch.nn.Module):
-    """Random features and class probabilities with the call signature of inception-2015-12-05.pt."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
-        self.classes = torch.nn.Linear(16, 10)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> torch.Tensor:
-        x = F.interpolate(img.to(torch.float32) / 127.5 - 1.0, size=(16, 16), mode="bilinear", align_corners=False)
-        features = F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)  # (N, 16)
-        if return_features:
-            return features
-        return torch.softmax(4.0 * self.classes(features), dim=1)
+from tests.tiny_detector import write_tiny_detector
 
 
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("detector") / "tiny_detector.pt"
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(TinyDetector()).save(str(path))
-    return path
+    return write_tiny_detector(tmp_path_factory.mktemp("detector") / "tiny_detector.pt")
 
 
 def image_folder(folder, n, seed, size=24, channels=3):
