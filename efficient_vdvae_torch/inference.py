@@ -14,6 +14,7 @@ from efficient_vdvae_torch.evaluation import evaluate_batch, image_noise, nhwc, 
 from efficient_vdvae_torch.model.autoencoder import Autoencoder
 from efficient_vdvae_torch.model.likelihood import importance_terms
 from efficient_vdvae_torch.model.losses import gaussian_kl
+from efficient_vdvae_torch.utils import distributed
 
 
 def mask_tensors(masks, device):
@@ -93,4 +94,6 @@ class TorchInference:
                                    noise=output_noise(self.config, GENERATION, counter, indices, self.device)))
 
     def all_reduce_sum(self, array):
-        return np.asarray(array)
+        """Sum over the processes (float64), the array itself in one process."""
+        tensor = torch.as_tensor(np.asarray(array, np.float64), device=self.device)
+        return distributed.all_reduce_sum(tensor).cpu().numpy()

@@ -2,9 +2,12 @@
 
 The file lives in `<download_dir>/decoded/`, named after the source folder, the resolution and a hash of
 the folder listing (names, sizes, modification times), so a changed folder gets a new file. It is written
-to a temporary name and renamed when complete; processes that build it at the same time write identical
-contents, and the page cache shares the map between DataLoader workers and ranks.
+to a temporary name and renamed when complete. Processes that need a missing file at the same time (the
+ranks of a node, or of every node when download_dir is shared) take turns at an flock(2) on `<file>.lock`:
+the first decodes, the others wait and then map its file. The page cache shares the map between DataLoader
+workers and ranks.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +38,36 @@ def decoded_array(data_cfg, folder, files, shape, fill):
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(path):
+        if not path.exists():  # not built by the process that held the lock before
+            _build(path, folder, shape, fill)
+    return path
+
+
+@contextlib.contextmanager
+def _build_lock(path):
+    """Hold an exclusive flock on `<path>.lock` (no lock where the file system has none, e.g. NFS with nolock).
+
+    The holder deletes the lock file: after a build, the processes that still open it find `path` and build
+    nothing; after a failed build (a bad image), at worst two processes rebuild at once, with identical files."""
+    import fcntl  # POSIX only
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to decode {path.name}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # ENOLCK: build unlocked; processes building at once write identical contents
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def _build(path, folder, shape, fill):
     print(f"decoding {shape[0]} images of {folder} once into {path}", file=sys.stderr, flush=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
@@ -46,4 +79,3 @@ def decoded_array(data_cfg, folder, files, shape, fill):
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path

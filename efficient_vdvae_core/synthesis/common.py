@@ -77,13 +77,16 @@ class Context:
 def output_folder(ctx, mode_folder, record=None, **settings):
     """synthesis-images/<mode_folder>/<weights>-step<step>[-<key><value>...]/ (created), settings.json written.
 
-    `settings` name the folder and are recorded; `record` holds further values recorded only.
+    `settings` name the folder and are recorded; `record` holds further values recorded only. Process 0
+    writes settings.json.
     """
     loaded = ctx.loaded
     parts = [f"{loaded.weights}-step{loaded.step}"] + [f"{key}{_compact(value)}" for key, value in settings.items()
                                                        if value is not None]
     folder = ctx.paths.synthesis_images / mode_folder / "-".join(parts)
     folder.mkdir(parents=True, exist_ok=True)
+    if not ctx.dist.is_main:
+        return folder
     record = {"mode": ctx.config.synthesis.synthesis_mode, "framework": ctx.framework,
               "checkpoint": str(loaded.checkpoint), "checkpoint_step": loaded.step, "weights": loaded.weights,
               "seed": ctx.config.run.seed, "output_temperature": ctx.config.synthesis.output_temperature,

@@ -4,7 +4,8 @@ The metrics are those of training-time validation (per-image posterior noise, be
 summed over every image of the split (the last partial batch included; the originals dropped it).
 With `mask_reconstruction`, the variates masked by div_stats take prior samples and their KL is not
 counted. Writes `image-<NNNN>.png` (and `target-<NNNN>.png` with `save_target_in_reconstruction`) and
-`reconstruction_metrics.json` into this setting's folder.
+`reconstruction_metrics.json` into this setting's folder. With several processes each writes the images of
+its rows and process 0 the metrics, reduced over all.
 """
 import json
 
@@ -82,7 +83,8 @@ def write_report(ctx, metrics, units, masks, folder, written, targets):
     log(f"NELBO: {report['nelbo']:.6f} {units} | Reconstruction: {report['reconstruction_loss']:.6f} | "
         f"KL: {report['kl_div']:.6f} | SSIM: {report['ssim']:.6f}")
     path = folder / METRICS_FILE
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    if ctx.dist.is_main:
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     common.report_files(log, "reconstructions", written)
     common.report_files(log, "targets", targets)
     log(f"Wrote metrics: {path}")
