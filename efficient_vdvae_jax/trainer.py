@@ -90,7 +90,7 @@ PROGRAMS_KEPT = 4  # configs whose programs a process keeps
 def program_key(config):
     """The parts of a config that the jitted step, evaluation and sampling programs read (and nothing else)."""
     return (config.model, config.data, config.loss, config.optimizer, config.run.seed, config.train.ema_decay,
-            config.train.mixed_precision, config.synthesis.output_temperature)
+            config.train.mixed_precision, config.train.activation_checkpointing, config.synthesis.output_temperature)
 
 
 @dataclass
@@ -139,7 +139,9 @@ class JaxTrainer:
         self.config, self.dist, self.log = config, dist, log
         self.mesh = D.make_mesh() if mesh is None else mesh
         self.arch = build_architecture(config.model, config.data)
-        graphdef, params, rest = split_model(build_model(config))
+        model = build_model(config)
+        model.bottom_up.checkpoint_blocks = model.top_down.checkpoint_blocks = config.train.activation_checkpointing
+        graphdef, params, rest = split_model(model)
         self.tx = build_direction(config.optimizer)
         self.programs = programs(config, self.mesh, graphdef, rest, self.arch, self.tx, decay_mask(params))
         self.train_state = D.put_replicated(self.mesh, init_state(params, self.tx))

@@ -31,6 +31,14 @@ def _run(cells, x):
     return x
 
 
+def _call(block, use_checkpoint, *args):
+    """block(*args); with `use_checkpoint` ([train] activation_checkpointing), its activations are recomputed in
+    backward instead of kept (only its inputs and outputs stay)."""
+    if not use_checkpoint:
+        return block(*args)
+    return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
+
+
 def _apply_mask(mask, z_keep, z_other):
     """mask * z_keep + (1 - mask) * z_other with a (V,) mask broadcast over batch and space."""
     mask = jnp.asarray(mask).astype(z_keep.dtype).reshape(1, 1, 1, -1)
@@ -125,14 +133,15 @@ class BottomUp(nnx.Module, pytree=False):
         self.levels_up = pre_levels
         self.levels_up_downsample = downsample
         self.input_conv = Conv2d(arch.input_channels, arch.input_filters, arch.input_kernel_size, keys=keys)
+        self.checkpoint_blocks = False
 
     def __call__(self, x):
         x = self.input_conv(x)
         skips = []
         for pre, down in zip(self.levels_up, self.levels_up_downsample):
             for block in pre:
-                x, _ = block(x)
-            x, skip = down(x)
+                x, _ = _call(block, self.checkpoint_blocks, x)
+            x, skip = _call(down, self.checkpoint_blocks, x)
             skips.append(skip)
         return skips[::-1]
 
@@ -153,6 +162,7 @@ class TopDown(nnx.Module, pytree=False):
         self.levels_down_upsample = upsample
         self.output_conv = Conv2d(arch.down_levels[-1][0].filters, arch.output_channels, arch.output_kernel_size,
                                   keys=keys)
+        self.checkpoint_blocks = False
 
     def blocks(self):
         """LevelBlockDown modules in latent-layer order, with their level index."""
@@ -172,7 +182,7 @@ class TopDown(nnx.Module, pytree=False):
         for layer, (level, block) in enumerate(self.blocks()):
             mask = None if variate_masks is None else variate_masks[layer]
             eps_prior = None if prior_noise is None else prior_noise[layer]
-            y, post, prior = block(skips[level], y, noise[layer], mask, eps_prior)
+            y, post, prior = _call(block, self.checkpoint_blocks, skips[level], y, noise[layer], mask, eps_prior)
             posteriors.append(post)
             priors.append(prior)
         return self.output_conv(y), posteriors, priors

@@ -116,9 +116,11 @@ def conv1x1(x, kernel):
 
 
 def silu(x):
-    """SiLU computed on its own: XLA:CPU would otherwise fuse it into the conv or dot that reads it, and
-    the fused product runs slower than the library GEMM on a plain input (bench/README.md)."""
-    return jax.lax.optimization_barrier(jax.nn.silu(x))
+    """SiLU; on the CPU computed on its own: XLA:CPU would otherwise fuse it into the conv or dot that reads it,
+    and the fused product runs slower than the library GEMM on a plain input (bench/README.md). Other
+    platforms (GPU) fuse it freely: the choice is made when the program is lowered for its platform."""
+    return jax.lax.platform_dependent(x, cpu=lambda v: jax.lax.optimization_barrier(jax.nn.silu(v)),
+                                      default=jax.nn.silu)
 
 
 class ResidualConvCell(nnx.Module, pytree=False):

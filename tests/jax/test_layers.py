@@ -1,8 +1,10 @@
-"""The 1x1 conv as a product equals XLA's convolution; the posterior cell's split first conv equals the concat."""
+"""The 1x1 conv as a product equals XLA's convolution; the posterior cell's split first conv equals the concat; the
+SiLU barrier is CPU-only."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficient_vdvae_jax.model import layers
 from efficient_vdvae_jax.model.layers import ParamKeys, ResidualConvCell, conv1x1
 
 
@@ -29,3 +31,12 @@ def test_posterior_cell_two_inputs_equal_the_concatenation():
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
     extra = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
     np.testing.assert_allclose(cell(x, extra), cell(jnp.concatenate([x, extra], axis=-1)), rtol=1e-5, atol=1e-6)
+
+
+def test_silu_barrier_only_in_the_cpu_program():
+    """The SiLU's optimization_barrier (a CPU workaround) is absent from the program lowered for a GPU."""
+    silu = jax.jit(layers.silu)
+    x = jnp.linspace(-3.0, 3.0, 12).reshape(3, 4)
+    texts = {p: jax.export.export(silu, platforms=[p])(x).mlir_module() for p in ("cpu", "cuda")}
+    assert "optimization_barrier" in texts["cpu"] and "optimization_barrier" not in texts["cuda"]
+    np.testing.assert_allclose(silu(x), x * jax.nn.sigmoid(x), rtol=1e-6)

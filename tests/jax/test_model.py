@@ -224,3 +224,26 @@ def test_prior_zero_init_and_no_stable_init():
     for _, block in model.top_down.blocks():
         assert float(jnp.abs(block.prior_net[0].convs[-1].kernel[...]).sum()) == 0
         assert float(jnp.abs(block.posterior_net[0].convs[-1].kernel[...]).sum()) > 0
+
+
+def test_activation_checkpointing_changes_no_value_or_gradient():
+    """[train] activation_checkpointing recomputes the blocks in backward (nnx.remat): same loss, same gradients."""
+    config = egs_config("tiny")
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+    results = []
+    for checkpointing in (False, True):
+        model = build_model(config)
+        model.bottom_up.checkpoint_blocks = model.top_down.checkpoint_blocks = checkpointing
+
+        def loss(params, graphdef, rest):
+            logits, posteriors, _ = nnx.merge(graphdef, params, rest)(x, key=jax.random.key(1))
+            return jnp.mean(logits ** 2) + sum(jnp.mean(p[0] ** 2) for p in posteriors)
+
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        step = jax.value_and_grad(loss)
+        assert ("remat" in str(jax.make_jaxpr(step, static_argnums=(1,))(params, graphdef, rest))) == checkpointing
+        results.append(jax.jit(step, static_argnums=(1,))(params, graphdef, rest))
+    (value, grads), (value_ckpt, grads_ckpt) = results
+    np.testing.assert_allclose(value_ckpt, value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_ckpt), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
