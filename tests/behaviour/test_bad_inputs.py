@@ -253,11 +253,12 @@ def refusal(framework, entry, text, extra, inputs, tmp_path, capsys, monkeypatch
             config.write_bytes(text)
         else:
             config.write_text(text.replace("{tmp}", str(inputs)), encoding="utf-8")
-    workdir = inputs / f"run_{framework}" if entry == "synthesize" else tmp_path / "work"
+    workdir = inputs / f"run_{framework}" if entry in ("synthesize", "retrain") else tmp_path / "work"
     before = file_hashes(inputs)
     no_workers = ["--set", "run.num_cpus=0"]  # no loader processes forked after JAX started its threads
-    args = ["--config", str(config), "--workdir", str(workdir), *(FAST if entry == "train" else no_workers), *extra]
-    module = importlib.import_module(f"efficient_vdvae_{framework}.{entry}")
+    args = ["--config", str(config), "--workdir", str(workdir), *(FAST if entry in ("train", "retrain") else no_workers),
+            *extra]
+    module = importlib.import_module(f"efficient_vdvae_{framework}.{'train' if entry == 'retrain' else entry}")
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         run_main(module.main, args, parser=module.parser())

@@ -4,9 +4,14 @@ framework decoded by the other (the same NumPy files).
 
 The runs, every invocation's result and the kernels run by hand come from `synthesis_fixtures`.
 """
+import contextlib
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from efficient_vdvae_core.data import make_dataset
@@ -15,6 +20,8 @@ from efficient_vdvae_core.runs import run_paths
 from efficient_vdvae_core.training.images import images_to_uint8
 from tests.behaviour.synthesis_fixtures import SEED, STEPS
 from tests.behaviour.synthesis_fixtures import framework, synthesis_runs  # noqa: F401, F811 (pytest fixtures)
+from tests.behaviour.synthesis_worker import file_hashes
+from tests.behaviour.test_synthesis_generation import one_line_error
 from tests.conftest import egs_config
 
 
@@ -102,3 +109,56 @@ def test_encodings_decode_in_the_other_framework(synthesis_runs):
         written = (jax_results if decoded == "jax" else torch_decodes_jax)["cross_decode"]["result"]
         assert names(written) == [f"{stem}.png" for stem in safe_file_stems(enc.names)]
         assert png(written[0]).shape == (32, 32, 3)
+
+
+def test_non_finite_encodings_are_refused_for_decoding_in_one_line(framework, synthesis_runs, tmp_path, capsys):
+    """A NaN mean or an infinite std in a copy of the run's encodings: decoding refuses it, naming the file and
+    the image, and the run folder stays byte-identical."""
+    work, _, _ = synthesis_runs.rgb(framework)
+    source = run_paths("tiny", work).latents / f"encodings_seed_{SEED}_test"
+    names_in_order = read_encodings(source).names
+    for stat, value, what in (("mean", np.nan, "non-finite values (first: nan at image 3"),
+                              ("std", np.inf, "non-finite or negative standard deviations (first: inf at image 3")):
+        damaged = tmp_path / f"bad_{stat}"
+        shutil.copytree(source, damaged)
+        array = np.load(damaged / f"layer_2_{stat}.npy", mmap_mode="r+")
+        array[3, 0, 0, 1] = value
+        array.flush()
+        del array
+        before = file_hashes(work)
+        line = one_line_error(capsys, framework, work, "decoding", extra=["--encodings", damaged])
+        assert line == (f"error: {damaged / f'layer_2_{stat}.npy'}: {what}, {names_in_order[3]!r}); the encodings "
+                        "are damaged: run the 'encoding' mode again")
+        assert file_hashes(work) == before
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` read-only for this process: its permissions (a user), or an empty read-only tmpfs over it (root)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("root, and no read-only mount can be made here")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_synthesis_into_a_read_only_logs_folder_is_one_line(framework, synthesis_runs, tmp_path, capsys):
+    """Generation into a copy of the run whose synthesis-images folder is read-only: one line naming the folder."""
+    work, _, _ = synthesis_runs.rgb(framework)
+    copy = tmp_path / "work"
+    for folder in (run_paths("tiny", work).logs, run_paths("tiny", work).checkpoints):
+        shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("synthesis-images", "latents"))
+    images = run_paths("tiny", copy).synthesis_images
+    images.mkdir()
+    with read_only(images):
+        line = one_line_error(capsys, framework, copy, "generation", "synthesis.temperature_settings=[1.0]")
+    assert line.startswith(f"error: {images / 'generated'}: ") and "check the folder's permissions" in line, line
+    assert list(images.iterdir()) == []
