@@ -162,9 +162,9 @@ def describe_masks(masks, quantile):
             f"{len(masks)} latent layers")
 
 
-def progress(iterable, total, desc, enabled=True):
-    """A tqdm bar over batches."""
-    return tqdm(iterable, total=total, desc=desc, unit="batch", dynamic_ncols=True, disable=not enabled)
+def progress(iterable, total, desc, enabled=True, unit="batch"):
+    """A tqdm bar over batches (or other units of work)."""
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled)
 
 
 def save_pngs(folder, pattern, images, start=0):

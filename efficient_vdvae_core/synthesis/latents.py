@@ -56,7 +56,8 @@ def run_interpolation(ctx):
     fractions = interpolation_fractions(points)
     ctx.log(f"Interpolating {pairs} pairs of test images at {points} points ({' and '.join(METHODS)})")
     written, plan = [], common.plan_for(ctx, points)
-    for i, start, end in common.progress(_pairs(ctx, dataset), pairs, "interpolation", ctx.dist.is_main):
+    for i, start, end in common.progress(_pairs(ctx, dataset), pairs, "interpolation", ctx.dist.is_main,
+                                         unit="pair"):
         for method in METHODS:
             steps = interpolate_layers(start, end, fractions, method)  # per fraction: per layer (1, H, W, V)
             latents = [np.concatenate(layer) for layer in zip(*steps)]  # per layer (points, H, W, V)
