@@ -13,7 +13,7 @@ from efficient_vdvae_core.runs import resolve_run_config
 from efficient_vdvae_core.synthesis import InferenceOptions, check_options, run_synthesis
 from efficient_vdvae_core.training.entry import wait_for_the_main_process
 
-MULTI_PROCESS_MODES = ("reconstruction", "div_stats")
+MULTI_PROCESS_MODES = ("reconstruction", "div_stats", "encoding")
 
 
 def options_from_args(args):
