@@ -146,13 +146,16 @@ def check_same_model(metadata, fingerprint, allow_other_model, source=None):
 class EncodingWriter:
     """Streams encodings into a new folder: `write(start, means, stds, names)` per batch, then `close()`.
 
+    With `processes` (an object with is_main and barrier()), several processes write their rows into the
+    arrays the main process creates, and the main one finishes the folder.
+
     Everything goes to a hidden sibling folder first; `close()` writes names.txt and metadata.json and
     then moves it into place (replacing an older folder of the same name), so `folder` is either absent,
     the previous complete encoding, or the new complete one. Use as a context manager: an exception
     removes the partial folder.
     """
 
-    def __init__(self, folder, layers, n_images, n_variates, extra_metadata=None, fingerprint=None):
+    def __init__(self, folder, layers, n_images, n_variates, extra_metadata=None, fingerprint=None, processes=None):
         if n_images < 1:
             raise ValueError("EncodingWriter: n_images must be >= 1")
         self.folder = Path(folder)
@@ -161,17 +164,26 @@ class EncodingWriter:
         self.n_variates = [int(v) for v in n_variates]
         self.extra_metadata = dict(extra_metadata or {})
         self.fingerprint = None if fingerprint is None else dict(fingerprint)
+        self.processes = processes
+        self.creator = processes is None or processes.is_main
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = self.folder.with_name(f".{self.folder.name}.partial-{os.getpid()}")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir()
+        tag = os.getpid() if processes is None else "shared"
+        self.partial = self.folder.with_name(f".{self.folder.name}.partial-{tag}")
+        if self.creator:
+            if self.partial.exists():
+                shutil.rmtree(self.partial)
+            self.partial.mkdir()
+        else:
+            processes.barrier()  # the main process has created the arrays
         self.names = [None] * self.n_images
         self.means, self.stds = {}, {}
+        mode = "w+" if self.creator else "r+"
         for spec in self.layers:
             shape = (self.n_images, *spec.shape)
-            self.means[spec.layer] = open_memmap(self.partial / spec.mean_file, mode="w+", dtype=np.float32, shape=shape)
-            self.stds[spec.layer] = open_memmap(self.partial / spec.std_file, mode="w+", dtype=np.float32, shape=shape)
+            self.means[spec.layer] = open_memmap(self.partial / spec.mean_file, mode=mode, dtype=np.float32, shape=shape)
+            self.stds[spec.layer] = open_memmap(self.partial / spec.std_file, mode=mode, dtype=np.float32, shape=shape)
+        if self.creator and processes is not None:
+            processes.barrier()
 
     def write(self, start, means, stds, names):
         """Rows start..start+B-1: `means`/`stds` map layer -> (B, H, W, K) arrays; `names` has B strings."""
@@ -190,8 +202,20 @@ class EncodingWriter:
                 store[spec.layer][start:stop] = block
         self.names[start:stop] = list(names)
 
-    def close(self):
-        """Flush the arrays, write names.txt and metadata.json, move the folder into place; returns its path."""
+    def close(self, names=None):
+        """Flush the arrays, write names.txt and metadata.json, move the folder into place; returns its path.
+
+        With several processes, each flushes its rows, and the main one, given every image's `names`, finishes.
+        """
+        if self.processes is not None:
+            for store in (self.means, self.stds):
+                for array in store.values():
+                    array.flush()
+            self.processes.barrier()  # every row is on disk
+            if not self.creator:
+                self.means, self.stds = {}, {}
+                return self.folder
+            self.names = list(names)
         missing = [i for i, n in enumerate(self.names) if n is None]
         if missing:
             raise ValueError(f"EncodingWriter.close: {len(missing)} rows were never written (first: {missing[0]})")
@@ -219,9 +243,10 @@ class EncodingWriter:
         return self.folder
 
     def abort(self):
-        """Remove the partial folder."""
+        """Remove the partial folder (the main process's part)."""
         self.means, self.stds = {}, {}
-        shutil.rmtree(self.partial, ignore_errors=True)
+        if self.creator:
+            shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self):
         return self

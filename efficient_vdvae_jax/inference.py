@@ -138,3 +138,6 @@ class JaxInference:
 
     def all_reduce_sum(self, array):
         return D.all_reduce_sum(np.asarray(array, np.float64))
+
+    def barrier(self):
+        D.sync("efficient_vdvae synthesis barrier")

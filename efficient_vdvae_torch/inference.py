@@ -97,3 +97,6 @@ class TorchInference:
         """Sum over the processes (float64), the array itself in one process."""
         tensor = torch.as_tensor(np.asarray(array, np.float64), device=self.device)
         return distributed.all_reduce_sum(tensor).cpu().numpy()
+
+    def barrier(self):
+        distributed.barrier()

@@ -20,3 +20,5 @@ class InferenceBackend(Protocol):
     def posterior_means(self, batch, rows, masks) -> list: ...  # per layer (mean, std), each (b, H, W, V)
     def decode(self, latents, indices) -> np.ndarray: ...  # latents: per layer None or (z (b, H, W, V), mask (V,))
     def sample(self, indices, temperatures, counter) -> np.ndarray: ...  # (b, H, W, C) prior samples
+    def all_reduce_sum(self, array) -> np.ndarray: ...  # sum over processes (identity in one process)
+    def barrier(self) -> None: ...  # wait for every process (called with several processes only)

@@ -54,18 +54,28 @@ def run_encoding(ctx):
         "image_resolution": cfg.data.target_res, "channels": cfg.data.channels}
     ctx.log(f"Encoding {len(dataset)} images of the {options.split} split into {folder}")
     kept = {s.layer: list(s.kept_variates) for s in specs}
+    processes = _Processes(ctx) if ctx.dist.n_processes > 1 else None
     with EncodingWriter(folder, specs, len(dataset), [b.latent_variates for b in arch.latent_layers],
-                        metadata, fingerprint=ctx.loaded.fingerprint) as writer:
+                        metadata, fingerprint=ctx.loaded.fingerprint, processes=processes) as writer:
         for rows, batch in common.progress(zip(plan, ctx.backend.eval_batches(dataset, plan)), len(plan), "encoding",
                                            ctx.dist.is_main):
             stats = ctx.backend.posterior_means(batch, rows, masks)
             valid = rows.valid
             means = {l: np.asarray(stats[l][0])[valid][..., k] for l, k in kept.items()}
             stds = {l: np.asarray(stats[l][1])[valid][..., k] for l, k in kept.items()}
-            writer.write(int(rows.images[0]), means, stds, [dataset.name(int(i)) for i in rows.images[valid]])
-        writer.close()
+            if valid.any():  # the rows of a process are contiguous; padding rows come last
+                writer.write(int(rows.images[0]), means, stds, [dataset.name(int(i)) for i in rows.images[valid]])
+        writer.close([dataset.name(i) for i in range(len(dataset))] if processes is not None and ctx.dist.is_main
+                     else None)
     ctx.log(f"Wrote encodings of {len(dataset)} images ({len(specs)} kept layers): {folder}")
     return folder
+
+
+class _Processes:
+    """What EncodingWriter needs of a multi-process synthesis."""
+
+    def __init__(self, ctx):
+        self.is_main, self.barrier = ctx.dist.is_main, ctx.backend.barrier
 
 
 def check_encodings_fit(encodings, arch):

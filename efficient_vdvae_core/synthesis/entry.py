@@ -11,8 +11,9 @@ import sys
 from efficient_vdvae_core.errors import UserError
 from efficient_vdvae_core.runs import resolve_run_config
 from efficient_vdvae_core.synthesis import InferenceOptions, check_options, run_synthesis
+from efficient_vdvae_core.training.entry import wait_for_the_main_process
 
-MULTI_PROCESS_MODES = ("reconstruction", "div_stats")
+MULTI_PROCESS_MODES = ("reconstruction", "div_stats", "encoding")
 
 
 def options_from_args(args):
@@ -27,15 +28,19 @@ def options_from_args(args):
 def synthesize_main(args, framework):
     """Run a trained model in its synthesis_mode (one process, or several for MULTI_PROCESS_MODES)."""
     options = options_from_args(args)
+    held = []  # the messages of resolving the config, printed by process 0 once the processes are known
     config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
-                                       verbose=getattr(args, "verbose", False))
+                                       verbose=getattr(args, "verbose", False), log=lambda *a, **k: held.append(a))
     dist = framework.init_distributed(config)
+    for message in held if dist.is_main else ():
+        print(*message)
     if dist.n_processes == 1:
         return run_synthesis(config, paths, framework, dist, options)
     mode = config.synthesis.synthesis_mode
-    if mode not in MULTI_PROCESS_MODES:
+    if mode not in MULTI_PROCESS_MODES and dist.is_main:  # the others end at the barrier, quietly
         raise UserError(f"[synthesis] synthesis_mode = '{mode}' runs in one process (several share only "
                         f"{', '.join(MULTI_PROCESS_MODES)}): start synthesize.py with python, not torchrun")
+    wait_for_the_main_process(framework, dist.is_main)
     run_synthesis(config, paths, framework, dist, options, log=print if dist.is_main else _silent)
     framework.shutdown()
     sys.stdout.flush()

@@ -49,10 +49,14 @@ def run_reconstruction(ctx):
         written += common.save_pngs(folder, "image-{:04d}.png", images_to_uint8(out.samples[valid], cfg), first)
         if syn.save_target_in_reconstruction:
             targets += common.save_pngs(folder, "target-{:04d}.png", images_to_uint8(out.inputs[valid], cfg), first)
-        nelbo = float(np.mean((out.recon_nats + out.kl_nats)[valid])) * scale
-        bar.set_postfix_str(f"batch NELBO {nelbo:.4f} {unit}")
+        if valid.any():
+            nelbo = float(np.mean((out.recon_nats + out.kl_nats)[valid])) * scale
+            bar.set_postfix_str(f"batch NELBO {nelbo:.4f} {unit}")
     bar.close()
     metrics = acc.result(ctx.backend.all_reduce_sum, cfg.metrics.latent_active_threshold)
+    if ctx.dist.n_processes > 1:  # each process wrote its own images: say how many all wrote, not process 0's
+        ctx.log(f"Wrote {metrics['n_examples']} reconstructions (by {ctx.dist.n_processes} processes) into {folder}")
+        written, targets = [], []
     return write_report(ctx, metrics, unit, masks, folder, written, targets)
 
 

@@ -78,7 +78,7 @@ class _Suffix:
         self.suffix = framework.checkpoint_suffix
 
 
-def _wait_for_the_main_process(framework, main):
+def wait_for_the_main_process(framework, main):
     """A barrier after the main process's checks; a main process that failed them exits without it, and then
     the others end with exit code 2 and no message (run_main prints none in them), or are stopped by the launcher."""
     try:
@@ -107,7 +107,7 @@ def train_main(args, framework):
             if main:
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="train", check=check,
                                                    verbose=getattr(args, "verbose", False))
-            _wait_for_the_main_process(framework, main)
+            wait_for_the_main_process(framework, main)
             if not main:  # reads the copy the main process saved; never writes
                 config, paths = resolve_run_config(args.config, args.overrides, args.workdir, mode="inference",
                                                    log=lambda *a, **k: None)

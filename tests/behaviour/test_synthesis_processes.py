@@ -1,9 +1,11 @@
 """PyTorch synthesis in 2 processes (torchrun through launch.py) gives the results of one process: reconstruction
 metrics reduced exactly over the processes (sums of per-image values), each image written once, reports written
-by process 0; div_stats the same array. Other modes are refused in one line."""
+by process 0; div_stats the same array; encodings the same arrays in image order. Other modes are refused in
+one line."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,10 +36,10 @@ def files(folder):
     return {p.relative_to(folder): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_two_processes_reconstruct_and_measure_div_stats_like_one(framework, reference, tmp_path):
+def test_two_processes_reconstruct_measure_div_stats_and_encode_like_one(framework, reference, tmp_path):
     one, two = copy_run(framework, reference.workdir, tmp_path / "one", [6]), copy_run(
         framework, reference.workdir, tmp_path / "two", [6])
-    for mode in ("reconstruction", "div_stats"):
+    for mode in ("reconstruction", "div_stats", "encoding"):
         run_main(framework.synthesize.main, synthesis_args(tmp_path / "one", mode), parser=framework.synthesize.parser())
         out = two_processes(tmp_path / "two", mode)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -54,6 +56,16 @@ def test_two_processes_reconstruct_and_measure_div_stats_like_one(framework, ref
         assert report_two[key] == pytest.approx(report_one[key], rel=ROUNDING), key
     np.testing.assert_allclose(np.load(two.latents / "div_stats.npy"), np.load(one.latents / "div_stats.npy"),
                                rtol=ROUNDING, atol=1e-7)
+    encoded_one, encoded_two = files(one.latents / "encodings_seed_420"), files(two.latents / "encodings_seed_420")
+    assert encoded_one.keys() == encoded_two.keys() and len([k for k in encoded_one if k.suffix == ".npy"]) >= 2
+    assert encoded_two[Path("names.txt")].read_text() == encoded_one[Path("names.txt")].read_text()  # image order
+    for name, path in encoded_one.items():
+        if path.suffix == ".npy":
+            reference_array = np.load(path)
+            assert reference_array.shape[0] == 10
+            np.testing.assert_allclose(np.load(encoded_two[name]), reference_array, rtol=ROUNDING, atol=1e-6,
+                                       err_msg=str(name))
+    assert not [p for p in two.latents.iterdir() if p.name.startswith(".")]  # no partial folder left
 
 
 def test_modes_that_run_in_one_process_are_refused_in_several(framework, reference, tmp_path):
@@ -61,5 +73,5 @@ def test_modes_that_run_in_one_process_are_refused_in_several(framework, referen
     out = two_processes(tmp_path, "generation")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert ("error: [synthesis] synthesis_mode = 'generation' runs in one process (several share only "
-            "reconstruction, div_stats)") in out.stderr
+            "reconstruction, div_stats, encoding)") in out.stderr
     assert not (run_paths("tiny", tmp_path).logs / "synthesis-images").exists()
