@@ -21,9 +21,9 @@ import time
 import pytest
 
 from efficient_vdvae_core import checkpoints as checkpoints_module
+from efficient_vdvae_core import images as images_module
 from efficient_vdvae_core.cli import run_main
 from efficient_vdvae_core.runs import run_paths
-from efficient_vdvae_core.training import loop
 from tests.behaviour.conftest import (EGS, RESUMED, assert_same_state, copy_run, normalise, python_env, refused,
                                       refused_training, same_in_both, snapshot, train_command, train_here)
 
@@ -206,14 +206,14 @@ def test_an_interrupted_torch_write_leaves_no_temporary_file(framework, tmp_path
 
 
 def test_full_disk_while_writing_logs_stops_in_one_line(framework, reference, tmp_path, capsys, monkeypatch, across):
-    save_png = loop.save_png
+    save_png = images_module.save_png  # every PNG of training goes through it
 
     def fake(path, image):
         if "step_2" in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return save_png(path, image)
 
-    monkeypatch.setattr(loop, "save_png", fake)
+    monkeypatch.setattr(images_module, "save_png", fake)
     line = refused_training(capsys, framework, tmp_path, 3, "train.checkpoint_and_eval_interval_in_steps=1")
     assert "step_2.png: No space left on device (ENOSPC), a disk problem" in line
     assert f"the earlier checkpoints are intact (newest: {framework.path(tmp_path, 1).name}, step 1)" in line
