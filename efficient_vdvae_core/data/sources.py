@@ -201,7 +201,6 @@ def npz_problem(path, res):
 
 
 def _imagenet_store(data_cfg, folder, part):
-    res = data_cfg.target_res
     if data_cfg.channels != 3:
         raise UserError(f"[data] dataset_source = 'imagenet' needs channels = 3 (found {data_cfg.channels})")
     files = check_files(data_cfg, part)
