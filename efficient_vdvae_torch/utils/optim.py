@@ -1,4 +1,4 @@
-"""Optimizer, decoupled weight decay, gradient clipping/skipping and EMA (model.md section 7)."""
+"""Optimizer, decoupled weight decay, gradient clipping/skipping and EMA."""
 import math
 
 import torch
